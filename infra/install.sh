@@ -47,9 +47,9 @@ if ! "$python_bin" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2]
   exit 2
 fi
 
-echo "install.sh: creating $venv for $GENREC_DEVICE with $("$python_bin" -V 2>&1)"
+echo "install.sh: installing into $venv for $GENREC_DEVICE with $("$python_bin" -V 2>&1)"
 [[ -x "$venv/bin/python" ]] || "$python_bin" -m venv "$venv"
-pip=("$venv/bin/python" -m pip install --disable-pip-version-check -c "$constraints" -c "$lock")
+pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c "$constraints" -c "$lock")
 
 # 1. torch first, so nothing later pulls a different build.
 "${pip[@]}" torch

@@ -12,7 +12,7 @@ does not pay for importing torch.
 
 from .errors import DataError
 from .jagged_array import JaggedArray
-from .prepare import prepare_dataset
+from .prepare import ensure_prepared, prepare_dataset
 from .registry import DATASETS
 from .splits import LeaveOneOutSplit, SequenceExamples, leave_one_out
 from .store import SequenceData, load_items, load_manifest, load_sequences, load_users
@@ -26,6 +26,7 @@ __all__ = [
     "SequenceData",
     "SequenceExamples",
     "SequenceLoader",
+    "ensure_prepared",
     "leave_one_out",
     "load_items",
     "load_manifest",

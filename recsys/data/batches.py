@@ -35,6 +35,7 @@ class SequenceBatch:
     timestamps: JaggedTensor | None = None
     targets: torch.Tensor | None = None  # (B,) for evaluation batches
     target_timestamps: torch.Tensor | None = None
+    history: JaggedTensor | None = None  # every earlier item, for excluding seen items
 
     def __len__(self) -> int:
         return self.user_ids.numel()
@@ -161,19 +162,19 @@ class SequenceLoader:
 
     def __iter__(self) -> Iterator[SequenceBatch]:
         examples = self.examples
+
+        def jagged(array, rows):
+            return None if array is None else _jagged_tensor(array, rows)
+
+        def dense(array, rows):
+            return None if array is None else torch.from_numpy(array[rows])
+
         for rows in self._batches():
             yield SequenceBatch(
                 user_ids=torch.from_numpy(examples.user_ids[rows]),
                 item_ids=_jagged_tensor(examples.item_ids, rows),
-                timestamps=None
-                if examples.timestamps is None
-                else _jagged_tensor(examples.timestamps, rows),
-                targets=None
-                if examples.targets is None
-                else torch.from_numpy(examples.targets[rows]),
-                target_timestamps=(
-                    None
-                    if examples.target_timestamps is None
-                    else torch.from_numpy(examples.target_timestamps[rows])
-                ),
+                timestamps=jagged(examples.timestamps, rows),
+                targets=dense(examples.targets, rows),
+                target_timestamps=dense(examples.target_timestamps, rows),
+                history=jagged(examples.history, rows),
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import time
 from pathlib import Path
@@ -84,8 +85,7 @@ def prepare_dataset(
             **notes,
         }
         manifest["prepare_seconds"] = round(time.perf_counter() - started, 2)
-        writer.finish(manifest)
-    return manifest
+        return writer.finish(manifest)
 
 
 def _shared_data_folder(name: str) -> Path | None:
@@ -121,3 +121,15 @@ def _sequence_stats(path: Path) -> dict:
         "max_item_id": max_item,
         "sequence_length": length_summary(all_lengths),
     }
+
+
+def ensure_prepared(
+    name: str, out_dir: str | Path, source=None, options: dict | None = None
+) -> dict:
+    """Reuse ``out_dir`` if it holds ``name`` prepared with the same options, else prepare it."""
+    manifest_path = Path(out_dir) / "manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("dataset") == name and manifest.get("options") == dict(options or {}):
+            return manifest
+    return prepare_dataset(name, out_dir, source, overwrite=True, options=options)

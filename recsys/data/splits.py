@@ -12,8 +12,8 @@ a validation and a test target), and counted in ``dropped_users``.
 
 With ``max_len`` each input keeps only its most recent ``max_len`` items; a
 train sequence keeps ``max_len + 1`` so that all ``max_len`` input positions
-have a target. Full histories, for excluding already-seen items at ranking
-time, stay available in ``SequenceData``.
+have a target. Evaluation examples also carry the untruncated ``history``,
+so that ranking can exclude every item the user has already seen.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class SequenceExamples:
     timestamps: JaggedArray | None = None
     targets: np.ndarray | None = None  # next item for evaluation examples
     target_timestamps: np.ndarray | None = None  # when the target happened (HSTU time bias)
+    history: JaggedArray | None = None  # untruncated input, for excluding seen items at ranking
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -47,6 +48,7 @@ class SequenceExamples:
             timestamps=None if self.timestamps is None else self.timestamps.take(rows),
             targets=pick(self.targets),
             target_timestamps=pick(self.target_timestamps),
+            history=None if self.history is None else self.history.take(rows),
         )
 
 
@@ -74,6 +76,7 @@ def _examples(
         timestamps=None if times is None else times.window(drop_last, keep_last),
         targets=_last(items, drop_last) if with_target else None,
         target_timestamps=_last(times, drop_last) if with_target and times is not None else None,
+        history=items.window(drop_last, None) if with_target else None,
     )
 
 

@@ -55,8 +55,8 @@ class PreparedDatasetWriter:
         """A writer for tables too big to hold at once (written in row groups)."""
         return pq.ParquetWriter(self.path(name), schema, compression="zstd")
 
-    def finish(self, manifest: dict) -> None:
-        """Write the manifest, then move the folder into place."""
+    def finish(self, manifest: dict) -> dict:
+        """Write the manifest, move the folder into place, return the manifest as written."""
         manifest = {"schema_version": SCHEMA_VERSION, **manifest}
         manifest.setdefault("files", {}).update(
             {name: {"rows": rows} for name, rows in self.row_counts.items()}
@@ -73,6 +73,7 @@ class PreparedDatasetWriter:
         self.tmp_dir = None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        return manifest
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.tmp_dir is not None:  # finish() was not reached: drop the partial output

@@ -1,0 +1,31 @@
+# The two commands of the README, plus helpers. Every target installs first
+# (infra/install.sh returns in about a second when .venv is up to date).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/recsys/demo.yaml
+# Tests read the shared datasets from here (CI has ../shared beside the clone).
+export GENREC_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: setup demo test lint format clean
+
+setup:
+	@bash infra/install.sh
+
+## Main job end to end on the embedded default (generated data, local stores).
+demo: setup
+	$(PY) -m pipelines.recsys $(CONFIG)
+
+## Lint, then every test that can run on this machine.
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache
