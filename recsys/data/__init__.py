@@ -14,7 +14,7 @@ from .errors import DataError
 from .jagged_array import JaggedArray
 from .prepare import ensure_prepared, prepare_dataset
 from .registry import DATASETS
-from .splits import LeaveOneOutSplit, SequenceExamples, leave_one_out
+from .splits import LeaveOneOutSplit, RetrainSplit, SequenceExamples, leave_one_out, retrain_split
 from .store import SequenceData, load_items, load_manifest, load_sequences, load_users
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "DataError",
     "JaggedArray",
     "LeaveOneOutSplit",
+    "RetrainSplit",
     "SequenceBatch",
     "SequenceData",
     "SequenceExamples",
@@ -33,6 +34,7 @@ __all__ = [
     "load_sequences",
     "load_users",
     "prepare_dataset",
+    "retrain_split",
 ]
 
 

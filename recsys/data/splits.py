@@ -93,3 +93,37 @@ def leave_one_out(data: SequenceData, max_len: int | None = None) -> LeaveOneOut
         test=_examples(data, eligible, drop_last=1, keep_last=max_len, with_target=True),
         dropped_users=int(len(lengths) - len(eligible)),
     )
+
+
+@dataclass(frozen=True)
+class RetrainSplit:
+    """Protocol B (eSASRec): train on all but the last item, test on the last."""
+
+    train: SequenceExamples
+    test: SequenceExamples
+    dropped_users: int  # too short, or whose test item is already in their history
+
+
+def _target_in_history(examples: SequenceExamples) -> np.ndarray:
+    history = examples.history
+    rows = np.repeat(np.arange(len(history)), history.lengths)
+    hits = history.values == examples.targets[rows]
+    return np.bincount(rows[hits], minlength=len(history)) > 0
+
+
+def retrain_split(data: SequenceData, max_len: int | None = None) -> RetrainSplit:
+    """Train sequences ``x_1..x_{n-1}``; test input ``x_1..x_{n-1}``, target ``x_n``.
+
+    Same users as ``leave_one_out`` (n >= 3), minus those whose last item
+    already occurs earlier in their sequence, as the eSASRec protocol does.
+    """
+    lengths = data.item_ids.lengths
+    eligible = np.flatnonzero(lengths >= 3)
+    test = _examples(data, eligible, drop_last=1, keep_last=max_len, with_target=True)
+    test = test.take(np.flatnonzero(~_target_in_history(test)))
+    train_keep = None if max_len is None else max_len + 1
+    return RetrainSplit(
+        train=_examples(data, eligible, drop_last=1, keep_last=train_keep, with_target=False),
+        test=test,
+        dropped_users=int(len(lengths) - len(test)),
+    )
