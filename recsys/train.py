@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,26 @@ from .evaluate import evaluate
 from .experiment import ExperimentConfig
 from .losses import NegativeSampler
 from .models import SequentialRecommender
+
+
+def _replace_atomically(path: Path, write) -> None:
+    """Write via a temporary name so a run killed mid-write never leaves a torn checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _save_weights(model: torch.nn.Module, path: Path) -> None:
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    _replace_atomically(path, lambda tmp: save_file(state, tmp))
+
+
+def _resume_key(config: dict | None) -> dict | None:
+    """The parts of a config a resumed run must share (more epochs or patience are fine)."""
+    if config is None:
+        return None
+    train = {k: v for k, v in config["train"].items() if k not in ("epochs", "patience")}
+    return {**config, "train": train}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -191,9 +212,15 @@ def fit(
     start_epoch = 1
     if last_path.exists():
         state = torch.load(last_path, weights_only=False)
+        if _resume_key(state.get("config")) != _resume_key(to_dict(config)):
+            raise ConfigError(
+                f"{last_path} was written by a different config; resuming would mix two runs. "
+                "Use another name=..., or delete that folder to start over."
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sampler.generator.set_state(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])  # dropout continues exactly where it stopped
         history = [EpochStats(**h) for h in state["history"]]
         best_epoch, best_value = state["best_epoch"], state["best_value"]
         start_epoch = state["epoch"] + 1
@@ -215,23 +242,23 @@ def fit(
             message += f"  valid {_format(stats.valid)}"
             if stats.valid[metric] > best_value:
                 best_epoch, best_value = epoch, stats.valid[metric]
-                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, best_path)
+                _save_weights(model, best_path)
         else:
             best_epoch = epoch
         history.append(stats)
         print(message, flush=True)
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "sampler": sampler.generator.get_state(),
-                "history": [vars(h) for h in history],
-                "best_epoch": best_epoch,
-                "best_value": best_value,
-                "epoch": epoch,
-            },
-            last_path,
-        )
+        checkpoint = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "sampler": sampler.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": [vars(h) for h in history],
+            "best_epoch": best_epoch,
+            "best_value": best_value,
+            "epoch": epoch,
+            "config": to_dict(config),
+        }
+        _replace_atomically(last_path, lambda tmp, state=checkpoint: torch.save(state, tmp))
         patience = config.train.patience
         if valid is not None and patience is not None and epoch - best_epoch >= patience:
             print(
