@@ -49,7 +49,7 @@ def run(config: ExperimentConfig) -> dict:
         f"share of padding if padded per batch: {np.mean(padded):.1%}"
     )
 
-    counts = popularity_scores(split.train, data.num_item_ids)
+    counts = popularity_scores(leave_one_out(data).train, data.num_item_ids)  # untruncated
     scorer = lambda batch: counts.expand(len(batch), -1)  # noqa: E731
     options = dict(batch_size=config.eval.batch_size, exclude_history=config.eval.exclude_history)
     results = {
