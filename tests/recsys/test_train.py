@@ -48,8 +48,9 @@ def test_hstu_beats_popularity_on_ml100k(tmp_path, prepared):
         "train.shared_negatives=true",
     )
     results = run(config)
-    split = leave_one_out(load_sequences(folder), max_len=100)
-    counts = popularity_scores(leave_one_out(load_sequences(folder)).train, load_sequences(folder).num_item_ids)
+    data = load_sequences(folder)
+    split = leave_one_out(data, max_len=100)
+    counts = popularity_scores(leave_one_out(data).train, data.num_item_ids)  # untruncated counts
     popular = evaluate(lambda batch: counts.expand(len(batch), -1), split.valid)
     print(f"popularity valid HR@10 {popular['hr@10']:.4f}, HSTU {results['valid']['hr@10']:.4f}")
     assert results["valid"]["hr@10"] > 1.3 * popular["hr@10"]
