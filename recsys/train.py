@@ -46,11 +46,17 @@ def _save_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def _resume_key(config: dict | None) -> dict | None:
-    """The parts of a config a resumed run must share (more epochs or patience are fine)."""
+    """The parts of a config that decide training; a resumed run must share them.
+
+    More epochs or another patience, another evaluation protocol, run name or
+    output folder do not change the training trajectory, so they may differ.
+    """
     if config is None:
         return None
     train = {k: v for k, v in config["train"].items() if k not in ("epochs", "patience")}
-    return {**config, "train": train}
+    evaluation = {k: v for k, v in config["eval"].items() if k not in ("protocol", "batch_size")}
+    kept = {k: v for k, v in config.items() if k not in ("name", "output_root")}
+    return {**kept, "train": train, "eval": evaluation}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -227,6 +233,9 @@ def fit(
         print(f"[{label}] resuming after epoch {state['epoch']} from {last_path}")
 
     metric = config.train.select_metric
+    patience = config.train.patience
+    if valid is not None and patience is not None and start_epoch - 1 - best_epoch >= patience:
+        start_epoch = epochs + 1  # the resumed run had already stopped early
     for epoch in range(start_epoch, epochs + 1):
         loader.set_epoch(epoch)
         stats = train_epoch(
@@ -259,7 +268,6 @@ def fit(
             "config": to_dict(config),
         }
         _replace_atomically(last_path, lambda tmp, state=checkpoint: torch.save(state, tmp))
-        patience = config.train.patience
         if valid is not None and patience is not None and epoch - best_epoch >= patience:
             print(
                 f"[{label}] no {metric} gain for {patience} evaluations: stopping after epoch {epoch}"
