@@ -134,12 +134,13 @@ def table(output_root: Path) -> str:
     return "\n".join(lines)
 
 
-def write_section(doc: Path, body: str) -> None:
+def write_section(doc: Path, body: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the text between the two markers (or append the section)."""
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
+    section = f"{begin}\n{body}\n{end}"
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     doc.write_text(text)

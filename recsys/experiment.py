@@ -48,6 +48,8 @@ class ModelConfig:
     position_bias: bool = True  # HSTU relative position bias
     time_bias: bool = True  # HSTU time-gap bias, used only when the data has timestamps
     time_buckets: int = 128
+    # kernels.hstu_attention implementation: auto picks Triton on CUDA, the jagged CPU path otherwise
+    attention_impl: Literal["auto", "reference", "cpu", "triton"] = "auto"
 
     def check(self):
         problems = []

@@ -53,8 +53,10 @@ class HSTUBlock(nn.Module):
         num_time_buckets: int,
         use_time_bias: bool,
         use_position_bias: bool,
+        attention_impl: str = "auto",
     ):
         super().__init__()
+        self.attention_impl = attention_impl
         self.num_heads = num_heads
         self.attention_dim = attention_dim
         self.linear_dim = linear_dim
@@ -91,6 +93,7 @@ class HSTUBlock(nn.Module):
             time_bias=self.bias.time if use_time else None,
             timestamps=timestamps if use_time else None,
             normalizer=normalizer,
+            impl=self.attention_impl,
         ).reshape(-1, h * dv)
         gated = F.layer_norm(attended, (h * dv,), eps=_LN_EPS) * u
         return x + self.output(F.dropout(gated, self.dropout, self.training))
@@ -115,6 +118,7 @@ class HSTUEncoder(nn.Module):
                 num_time_buckets=config.time_buckets,
                 use_time_bias=config.time_bias,
                 use_position_bias=config.position_bias,
+                attention_impl=config.attention_impl,
             )
             for _ in range(config.num_blocks)
         )
