@@ -64,6 +64,7 @@ def run_chain(chain: str, output_root: Path, threads: int) -> None:
     config, protocols = CHAINS[chain]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     env.setdefault("GENREC_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+    output_root.mkdir(parents=True, exist_ok=True)
     for protocol in protocols:
         name = run_name(chain, protocol)
         run_dir = output_root / name
