@@ -116,6 +116,7 @@ class EpochStats:
     tokens_per_second: float
     mean_padded_fraction: float
     valid: dict = field(default_factory=dict)
+    eval_seconds: float = 0.0  # full ranking of every validation user
 
 
 def train_epoch(
@@ -247,8 +248,10 @@ def fit(
             f"{stats.tokens_per_second:.0f} tok/s"
         )
         if valid is not None:
+            eval_started = time.perf_counter()
             stats.valid = _evaluate(model, valid, candidates, config, device)
-            message += f"  valid {_format(stats.valid)}"
+            stats.eval_seconds = round(time.perf_counter() - eval_started, 2)
+            message += f"  valid {_format(stats.valid)} ({stats.eval_seconds:.1f} s)"
             if stats.valid[metric] > best_value:
                 best_epoch, best_value = epoch, stats.valid[metric]
                 _save_weights(model, best_path)
