@@ -36,9 +36,8 @@ def target_ranks(
         )
         scores[rows, history_values] = -math.inf
     target_scores = scores.gather(1, targets[:, None])
-    higher = (scores > target_scores).sum(1)
-    ties = (scores == target_scores).sum(1) - 1  # minus the target itself
-    ranks = higher + ties
+    # Items scoring higher, plus ties (minus the target itself): one pass over the scores.
+    ranks = torch.count_nonzero(scores >= target_scores, dim=1) - 1
     # An excluded target (score -inf) is a miss: rank it last.
     return torch.where(torch.isinf(target_scores[:, 0]), scores.shape[1], ranks)
 
