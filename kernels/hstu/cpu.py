@@ -16,7 +16,7 @@ Why this beats the padded reference on jagged batches:
 On a machine whose cores other processes also use, OpenMP's default spin-waiting makes
 every parallel op wait for the scheduler, and this path (dozens of medium-sized ops) then
 fell below the reference's speed in our measurements. OMP_WAIT_POLICY=PASSIVE in the
-process environment, or one thread per process, avoids it: see docs/benchmarks_kernels_cpu.md.
+process environment, or one thread per process, avoids it: see docs/benchmarks.md (HSTU attention kernels on CPU).
 """
 
 from __future__ import annotations

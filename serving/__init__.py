@@ -1,0 +1,1 @@
+"""Ray Serve applications that load registered models and answer HTTP."""
