@@ -8,7 +8,6 @@ the epoch on validation -> test once. Everything lands in ``<output_root>/<name>
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -18,8 +17,9 @@ import numpy as np
 import yaml
 
 from recsys.baselines import popularity_scores
-from recsys.config import ConfigError, load_config, to_dict
-from recsys.data import DataError, SequenceLoader, ensure_prepared, leave_one_out, load_sequences
+from recsys.cli import experiment_main
+from recsys.config import to_dict
+from recsys.data import SequenceLoader, ensure_prepared, leave_one_out, load_sequences
 from recsys.evaluate import evaluate
 from recsys.experiment import ExperimentConfig
 from recsys.train import run as train_and_test
@@ -80,18 +80,7 @@ def run(config: ExperimentConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.recsys", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("config", help="YAML config, e.g. configs/recsys/demo.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. data.max_len=50")
-    args = parser.parse_args(argv)
-    try:
-        run(load_config(ExperimentConfig, args.config, args.overrides))
-    except (ConfigError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return experiment_main("python -m pipelines.recsys", __doc__.splitlines()[0], run, argv)
 
 
 if __name__ == "__main__":

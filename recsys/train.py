@@ -9,7 +9,6 @@ continues from it).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -24,8 +23,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .config import ConfigError, load_config, to_dict
-from .data import DataError, SequenceLoader, ensure_prepared, leave_one_out, load_sequences
+from .cli import experiment_main
+from .config import ConfigError, to_dict
+from .data import SequenceLoader, ensure_prepared, leave_one_out, load_sequences
 from .data.splits import SequenceExamples, retrain_split
 from .evaluate import evaluate
 from .experiment import ExperimentConfig
@@ -337,21 +337,7 @@ def run(config: ExperimentConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m recsys.train", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("config", help="YAML config, e.g. configs/recsys/hstu-beauty.yaml")
-    parser.add_argument(
-        "overrides", nargs="*", help="key=value, e.g. train.epochs=5 model.num_blocks=4"
-    )
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(ExperimentConfig, args.config, args.overrides)
-        run(config)
-    except (ConfigError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return experiment_main("python -m recsys.train", __doc__.splitlines()[0], run, argv)
 
 
 if __name__ == "__main__":
