@@ -77,33 +77,30 @@ def _time_bucket(ts_m, ts_n, num_buckets):
 
 
 @triton.jit
-def _scores(
-    q,
-    k,
+def _add_bias(
+    s,
     offs_m,
     offs_n,
     ts_m,
     ts_n,
-    length,
-    first_candidate,
-    contextual_len,
-    alpha,
-    max_seq_len,
     PB,
     TB,
+    max_seq_len,
     num_buckets,
-    CAUSAL: tl.constexpr,
     HAS_PB: tl.constexpr,
     HAS_TB: tl.constexpr,
-    PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
 ):
-    """fp32 scores (BLOCK_M, BLOCK_N) and the mask; the rule is common.allowed_mask's."""
-    s = _dot(q, tl.trans(k), PRECISION, UPCAST) * alpha
+    # Added one term at a time, in this order, to keep the rounding of the fp32 scores.
     if HAS_PB:
         s += tl.load(PB + _position_index(offs_m, offs_n, max_seq_len)).to(tl.float32)
     if HAS_TB:
         s += tl.load(TB + _time_bucket(ts_m, ts_n, num_buckets)).to(tl.float32)
+    return s
+
+
+@triton.jit
+def _mask(offs_m, offs_n, length, first_candidate, contextual_len, CAUSAL: tl.constexpr):
+    """Which (query, key) pairs attend; the rule is common.allowed_mask's."""
     i = offs_m[:, None]
     j = offs_n[None, :]
     valid = (i < length) & (j < length)
@@ -111,7 +108,14 @@ def _scores(
     seen = j < first_candidate  # nobody but itself sees a candidate
     if CAUSAL:
         seen = seen & ((j <= i) | context)
-    return s, valid & ((i == j) | seen)
+    return valid & ((i == j) | seen)
+
+
+@triton.jit
+def _score_grad(do, v, s, sig, allowed, inv_norm, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # ds for w = SiLU(s) * mask / n, with d SiLU(s) / ds = sig * (1 + s * (1 - sig)).
+    dp = _dot(do, tl.trans(v), PRECISION, UPCAST)
+    return tl.where(allowed, dp * sig * (1.0 + s * (1.0 - sig)) * inv_norm, 0.0)
 
 
 @triton.jit
@@ -121,6 +125,48 @@ def _sequence(offsets, targets, pid_bh, heads):
     length = (tl.load(offsets + b + 1) - start).to(tl.int32)
     first_candidate = length - tl.load(targets + b).to(tl.int32)
     return b, pid_bh % heads, start, length, first_candidate
+
+
+@triton.jit
+def _tile(P, start, h, rows, stride_t, stride_h, length, width, BLOCK: tl.constexpr):
+    # Pointers to one head's rows of a jagged (total, heads, width) tensor, BLOCK columns
+    # wide, and the mask of those inside the sequence and inside width.
+    cols = tl.arange(0, BLOCK)
+    mask = (rows < length)[:, None] & (cols[None, :] < width)
+    return P + (start + rows)[:, None] * stride_t + h * stride_h + cols[None, :], mask
+
+
+@triton.jit
+def _load_tile(P, start, h, rows, stride_t, stride_h, length, width, BLOCK: tl.constexpr):
+    ptrs, mask = _tile(P, start, h, rows, stride_t, stride_h, length, width, BLOCK)
+    return tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_tile(P, x, start, h, rows, stride_t, stride_h, length, width, BLOCK: tl.constexpr):
+    ptrs, mask = _tile(P, start, h, rows, stride_t, stride_h, length, width, BLOCK)
+    tl.store(ptrs, x.to(P.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_ts(TS, start, rows, length, HAS_TB: tl.constexpr):
+    # Without a time bias the row indices stand in: a placeholder that is never read.
+    ts = rows
+    if HAS_TB:
+        ts = tl.load(TS + start + rows, mask=rows < length, other=0)
+    return ts
+
+
+@triton.jit
+def _key_end(start_m, length, contextual_len, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
+    # Causal: keys past the block's last query are never seen, unless the block holds
+    # contextual queries (they see every non-candidate).
+    end_n = length
+    if CAUSAL:
+        end_n = tl.where(start_m >= contextual_len, tl.minimum(start_m + BLOCK_M, length), length)
+    # Blocks past the end of a short sequence do nothing: zero iterations, masked stores
+    # (a loop bound rather than an early return, which keeps to what every Triton compiles).
+    return tl.where(start_m < length, end_n, 0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,174 +215,28 @@ def _hstu_fwd(
     start_m = tl.program_id(1) * BLOCK_M
     b, h, start, length, first_candidate = _sequence(offsets, targets, pid_bh, heads)
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    row_m = offs_m < length
-    q = tl.load(
-        Q + (start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
-        mask=row_m[:, None] & (offs_d[None, :] < attn_dim),
-        other=0.0,
-    )
-    ts_m = offs_m  # placeholder when there is no time bias
-    if HAS_TB:
-        ts_m = tl.load(TS + start + offs_m, mask=row_m, other=0)
+    q = _load_tile(Q, start, h, offs_m, stride_qt, stride_qh, length, attn_dim, BLOCK_D)
+    ts_m = _load_ts(TS, start, offs_m, length, HAS_TB)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
-    # Causal: keys past the block's last query are never seen, unless the block holds
-    # contextual queries (they see every non-candidate).
-    end_n = length
-    if CAUSAL:
-        end_n = tl.where(start_m >= contextual_len, tl.minimum(start_m + BLOCK_M, length), length)
-    # Blocks past the end of a short sequence do nothing: zero iterations, masked stores
-    # (a loop bound rather than an early return, which keeps to what every Triton compiles).
-    end_n = tl.where(start_m < length, end_n, 0)
-    for start_n in range(0, end_n, BLOCK_N):
+    for start_n in range(0, _key_end(start_m, length, contextual_len, CAUSAL, BLOCK_M), BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        row_n = offs_n < length
-        k = tl.load(
-            K + (start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_d[None, :],
-            mask=row_n[:, None] & (offs_d[None, :] < attn_dim),
-            other=0.0,
+        k = _load_tile(K, start, h, offs_n, stride_kt, stride_kh, length, attn_dim, BLOCK_D)
+        v = _load_tile(V, start, h, offs_n, stride_vt, stride_vh, length, value_dim, BLOCK_DV)
+        ts_n = _load_ts(TS, start, offs_n, length, HAS_TB)
+        s = _dot(q, tl.trans(k), PRECISION, UPCAST) * alpha
+        s = _add_bias(
+            s, offs_m, offs_n, ts_m, ts_n, PB, TB, max_seq_len, num_buckets, HAS_PB, HAS_TB
         )
-        v = tl.load(
-            V + (start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_dv[None, :],
-            mask=row_n[:, None] & (offs_dv[None, :] < value_dim),
-            other=0.0,
-        )
-        ts_n = offs_n
-        if HAS_TB:
-            ts_n = tl.load(TS + start + offs_n, mask=row_n, other=0)
-        s, allowed = _scores(
-            q,
-            k,
-            offs_m,
-            offs_n,
-            ts_m,
-            ts_n,
-            length,
-            first_candidate,
-            contextual_len,
-            alpha,
-            max_seq_len,
-            PB,
-            TB,
-            num_buckets,
-            CAUSAL,
-            HAS_PB,
-            HAS_TB,
-            PRECISION,
-            UPCAST,
-        )
+        allowed = _mask(offs_m, offs_n, length, first_candidate, contextual_len, CAUSAL)
         w = tl.where(allowed, s * tl.sigmoid(s), 0.0)
         acc += _dot(w.to(v.dtype), v, PRECISION, UPCAST)
     acc = acc / tl.load(norm + b)
-    tl.store(
-        Out + (start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_dv[None, :],
-        acc.to(Out.dtype.element_ty),
-        mask=row_m[:, None] & (offs_dv[None, :] < value_dim),
-    )
+    _store_tile(Out, acc, start, h, offs_m, stride_ot, stride_oh, length, value_dim, BLOCK_DV)
 
 
 # ---------------------------------------------------------------------------------------
 # Backward: dK, dV (and bias gradients) per key block.
 # ---------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _dkdv_query_block(
-    dk,
-    dv,
-    k,
-    v,
-    ts_n,
-    offs_n,
-    start_m,
-    Q,
-    DO,
-    TS,
-    PB,
-    TB,
-    DPB,
-    DTB,
-    start,
-    h,
-    stride_qt,
-    stride_qh,
-    stride_dot,
-    stride_doh,
-    length,
-    first_candidate,
-    contextual_len,
-    alpha,
-    inv_norm,
-    attn_dim,
-    value_dim,
-    max_seq_len,
-    num_buckets,
-    CAUSAL: tl.constexpr,
-    HAS_PB: tl.constexpr,
-    HAS_TB: tl.constexpr,
-    GRAD_PB: tl.constexpr,
-    GRAD_TB: tl.constexpr,
-    PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_DV: tl.constexpr,
-):
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    row_m = offs_m < length
-    q = tl.load(
-        Q + (start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
-        mask=row_m[:, None] & (offs_d[None, :] < attn_dim),
-        other=0.0,
-    )
-    do = tl.load(
-        DO + (start + offs_m)[:, None] * stride_dot + h * stride_doh + offs_dv[None, :],
-        mask=row_m[:, None] & (offs_dv[None, :] < value_dim),
-        other=0.0,
-    )
-    ts_m = offs_m
-    if HAS_TB:
-        ts_m = tl.load(TS + start + offs_m, mask=row_m, other=0)
-    s, allowed = _scores(
-        q,
-        k,
-        offs_m,
-        offs_n,
-        ts_m,
-        ts_n,
-        length,
-        first_candidate,
-        contextual_len,
-        alpha,
-        max_seq_len,
-        PB,
-        TB,
-        num_buckets,
-        CAUSAL,
-        HAS_PB,
-        HAS_TB,
-        PRECISION,
-        UPCAST,
-    )
-    sig = tl.sigmoid(s)
-    w = tl.where(allowed, s * sig * inv_norm, 0.0)
-    dv += _dot(tl.trans(w.to(do.dtype)), do, PRECISION, UPCAST)
-    dp = _dot(do, tl.trans(v), PRECISION, UPCAST)
-    # d SiLU(s) / ds = sig * (1 + s * (1 - sig))
-    ds = tl.where(allowed, dp * sig * (1.0 + s * (1.0 - sig)) * inv_norm, 0.0)
-    dk += _dot(tl.trans(ds.to(q.dtype)), q, PRECISION, UPCAST) * alpha
-    # Bias gradients: every allowed pair adds its ds to one table entry. Relaxed atomics:
-    # only the final sums are read, after the kernel, so no ordering is needed.
-    if GRAD_PB:
-        tl.atomic_add(
-            DPB + _position_index(offs_m, offs_n, max_seq_len), ds, mask=allowed, sem="relaxed"
-        )
-    if GRAD_TB:
-        tl.atomic_add(DTB + _time_bucket(ts_m, ts_n, num_buckets), ds, mask=allowed, sem="relaxed")
-    return dk, dv
 
 
 @triton.jit
@@ -386,27 +286,14 @@ def _hstu_bwd_dkdv(
     start_n = tl.program_id(1) * BLOCK_N
     b, h, start, length, first_candidate = _sequence(offsets, targets, pid_bh, heads)
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    row_n = offs_n < length
-    k = tl.load(
-        K + (start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_d[None, :],
-        mask=row_n[:, None] & (offs_d[None, :] < attn_dim),
-        other=0.0,
-    )
-    v = tl.load(
-        V + (start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_dv[None, :],
-        mask=row_n[:, None] & (offs_dv[None, :] < value_dim),
-        other=0.0,
-    )
-    ts_n = offs_n
-    if HAS_TB:
-        ts_n = tl.load(TS + start + offs_n, mask=row_n, other=0)
+    k = _load_tile(K, start, h, offs_n, stride_kt, stride_kh, length, attn_dim, BLOCK_D)
+    v = _load_tile(V, start, h, offs_n, stride_vt, stride_vh, length, value_dim, BLOCK_DV)
+    ts_n = _load_ts(TS, start, offs_n, length, HAS_TB)
     inv_norm = 1.0 / tl.load(norm + b)
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
     # Which query blocks see these keys: causal -> queries from the diagonal on, plus the
-    # blocks of contextual queries (loop 1), which see every non-candidate key.
+    # blocks of contextual queries (loop 0), which see every non-candidate key.
     context_end = 0
     begin_m = 0
     if CAUSAL:
@@ -417,103 +304,44 @@ def _hstu_bwd_dkdv(
             context_end,
             tl.maximum(context_end, (start_n // BLOCK_M) * BLOCK_M),
         )
-    # Key blocks past the end of a short sequence do nothing (see the forward).
+    # Key blocks past the end of a short sequence do nothing (see _key_end).
     stop_m = tl.where(start_n < length, length, 0)
-    for start_m in range(0, tl.minimum(context_end, stop_m), BLOCK_M):
-        dk, dv = _dkdv_query_block(
-            dk,
-            dv,
-            k,
-            v,
-            ts_n,
-            offs_n,
-            start_m,
-            Q,
-            DO,
-            TS,
-            PB,
-            TB,
-            DPB,
-            DTB,
-            start,
-            h,
-            stride_qt,
-            stride_qh,
-            stride_dot,
-            stride_doh,
-            length,
-            first_candidate,
-            contextual_len,
-            alpha,
-            inv_norm,
-            attn_dim,
-            value_dim,
-            max_seq_len,
-            num_buckets,
-            CAUSAL,
-            HAS_PB,
-            HAS_TB,
-            GRAD_PB,
-            GRAD_TB,
-            PRECISION,
-            UPCAST,
-            BLOCK_M,
-            BLOCK_D,
-            BLOCK_DV,
-        )
-    for start_m in range(begin_m, stop_m, BLOCK_M):
-        dk, dv = _dkdv_query_block(
-            dk,
-            dv,
-            k,
-            v,
-            ts_n,
-            offs_n,
-            start_m,
-            Q,
-            DO,
-            TS,
-            PB,
-            TB,
-            DPB,
-            DTB,
-            start,
-            h,
-            stride_qt,
-            stride_qh,
-            stride_dot,
-            stride_doh,
-            length,
-            first_candidate,
-            contextual_len,
-            alpha,
-            inv_norm,
-            attn_dim,
-            value_dim,
-            max_seq_len,
-            num_buckets,
-            CAUSAL,
-            HAS_PB,
-            HAS_TB,
-            GRAD_PB,
-            GRAD_TB,
-            PRECISION,
-            UPCAST,
-            BLOCK_M,
-            BLOCK_D,
-            BLOCK_DV,
-        )
-    # dK/dV share q's row layout (contiguous (total, H, D) buffers made by the wrapper).
-    tl.store(
-        DK + (start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_d[None, :],
-        dk.to(DK.dtype.element_ty),
-        mask=row_n[:, None] & (offs_d[None, :] < attn_dim),
-    )
-    tl.store(
-        DV + (start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_dv[None, :],
-        dv.to(DV.dtype.element_ty),
-        mask=row_n[:, None] & (offs_dv[None, :] < value_dim),
-    )
+    # Two loops over query blocks, unrolled at compile time so that the body is written once.
+    for loop in tl.static_range(2):
+        if loop == 0:
+            lo = 0
+            hi = tl.minimum(context_end, stop_m)
+        else:
+            lo = begin_m
+            hi = stop_m
+        for start_m in range(lo, hi, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            q = _load_tile(Q, start, h, offs_m, stride_qt, stride_qh, length, attn_dim, BLOCK_D)
+            do = _load_tile(
+                DO, start, h, offs_m, stride_dot, stride_doh, length, value_dim, BLOCK_DV
+            )
+            ts_m = _load_ts(TS, start, offs_m, length, HAS_TB)
+            s = _dot(q, tl.trans(k), PRECISION, UPCAST) * alpha
+            s = _add_bias(
+                s, offs_m, offs_n, ts_m, ts_n, PB, TB, max_seq_len, num_buckets, HAS_PB, HAS_TB
+            )
+            allowed = _mask(offs_m, offs_n, length, first_candidate, contextual_len, CAUSAL)
+            sig = tl.sigmoid(s)
+            w = tl.where(allowed, s * sig * inv_norm, 0.0)
+            dv += _dot(tl.trans(w.to(do.dtype)), do, PRECISION, UPCAST)
+            ds = _score_grad(do, v, s, sig, allowed, inv_norm, PRECISION, UPCAST)
+            dk += _dot(tl.trans(ds.to(q.dtype)), q, PRECISION, UPCAST) * alpha
+            # Bias gradients: every allowed pair adds its ds to one table entry. Relaxed
+            # atomics: only the final sums are read, after the kernel, so no ordering is needed.
+            if GRAD_PB:
+                pos = _position_index(offs_m, offs_n, max_seq_len)
+                tl.atomic_add(DPB + pos, ds, mask=allowed, sem="relaxed")
+            if GRAD_TB:
+                bucket = _time_bucket(ts_m, ts_n, num_buckets)
+                tl.atomic_add(DTB + bucket, ds, mask=allowed, sem="relaxed")
+    # dK/dV have k/v's row layout (contiguous (total, H, D) buffers made by the wrapper).
+    _store_tile(DK, dk, start, h, offs_n, stride_kt, stride_kh, length, attn_dim, BLOCK_D)
+    _store_tile(DV, dv, start, h, offs_n, stride_vt, stride_vh, length, value_dim, BLOCK_DV)
 
 
 # ---------------------------------------------------------------------------------------
@@ -563,76 +391,24 @@ def _hstu_bwd_dq(
     start_m = tl.program_id(1) * BLOCK_M
     b, h, start, length, first_candidate = _sequence(offsets, targets, pid_bh, heads)
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    row_m = offs_m < length
-    q = tl.load(
-        Q + (start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
-        mask=row_m[:, None] & (offs_d[None, :] < attn_dim),
-        other=0.0,
-    )
-    do = tl.load(
-        DO + (start + offs_m)[:, None] * stride_dot + h * stride_doh + offs_dv[None, :],
-        mask=row_m[:, None] & (offs_dv[None, :] < value_dim),
-        other=0.0,
-    )
-    ts_m = offs_m
-    if HAS_TB:
-        ts_m = tl.load(TS + start + offs_m, mask=row_m, other=0)
+    q = _load_tile(Q, start, h, offs_m, stride_qt, stride_qh, length, attn_dim, BLOCK_D)
+    do = _load_tile(DO, start, h, offs_m, stride_dot, stride_doh, length, value_dim, BLOCK_DV)
+    ts_m = _load_ts(TS, start, offs_m, length, HAS_TB)
     inv_norm = 1.0 / tl.load(norm + b)
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    end_n = length
-    if CAUSAL:
-        end_n = tl.where(start_m >= contextual_len, tl.minimum(start_m + BLOCK_M, length), length)
-    # Blocks past the end of a short sequence do nothing: zero iterations, masked stores
-    # (a loop bound rather than an early return, which keeps to what every Triton compiles).
-    end_n = tl.where(start_m < length, end_n, 0)
-    for start_n in range(0, end_n, BLOCK_N):
+    for start_n in range(0, _key_end(start_m, length, contextual_len, CAUSAL, BLOCK_M), BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        row_n = offs_n < length
-        k = tl.load(
-            K + (start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_d[None, :],
-            mask=row_n[:, None] & (offs_d[None, :] < attn_dim),
-            other=0.0,
+        k = _load_tile(K, start, h, offs_n, stride_kt, stride_kh, length, attn_dim, BLOCK_D)
+        v = _load_tile(V, start, h, offs_n, stride_vt, stride_vh, length, value_dim, BLOCK_DV)
+        ts_n = _load_ts(TS, start, offs_n, length, HAS_TB)
+        s = _dot(q, tl.trans(k), PRECISION, UPCAST) * alpha
+        s = _add_bias(
+            s, offs_m, offs_n, ts_m, ts_n, PB, TB, max_seq_len, num_buckets, HAS_PB, HAS_TB
         )
-        v = tl.load(
-            V + (start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_dv[None, :],
-            mask=row_n[:, None] & (offs_dv[None, :] < value_dim),
-            other=0.0,
-        )
-        ts_n = offs_n
-        if HAS_TB:
-            ts_n = tl.load(TS + start + offs_n, mask=row_n, other=0)
-        s, allowed = _scores(
-            q,
-            k,
-            offs_m,
-            offs_n,
-            ts_m,
-            ts_n,
-            length,
-            first_candidate,
-            contextual_len,
-            alpha,
-            max_seq_len,
-            PB,
-            TB,
-            num_buckets,
-            CAUSAL,
-            HAS_PB,
-            HAS_TB,
-            PRECISION,
-            UPCAST,
-        )
-        sig = tl.sigmoid(s)
-        dp = _dot(do, tl.trans(v), PRECISION, UPCAST)
-        ds = tl.where(allowed, dp * sig * (1.0 + s * (1.0 - sig)) * inv_norm, 0.0)
+        allowed = _mask(offs_m, offs_n, length, first_candidate, contextual_len, CAUSAL)
+        ds = _score_grad(do, v, s, tl.sigmoid(s), allowed, inv_norm, PRECISION, UPCAST)
         dq += _dot(ds.to(k.dtype), k, PRECISION, UPCAST) * alpha
-    tl.store(
-        DQ + (start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
-        dq.to(DQ.dtype.element_ty),
-        mask=row_m[:, None] & (offs_d[None, :] < attn_dim),
-    )
+    _store_tile(DQ, dq, start, h, offs_m, stride_qt, stride_qh, length, attn_dim, BLOCK_D)
 
 
 # ---------------------------------------------------------------------------------------
