@@ -96,6 +96,20 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
+def source_commit() -> str:
+    """The commit the runs used: this checkout's, or $GENREC_SOURCE_COMMIT for an exported tree."""
+    return (
+        os.environ.get("GENREC_SOURCE_COMMIT") or _git("rev-parse", "--short", "HEAD") or "unknown"
+    )
+
+
+def dirty_note() -> str:
+    if os.environ.get("GENREC_SOURCE_COMMIT"):
+        return ""  # an exported tree is exactly that commit
+    dirty = _git("status", "--porcelain", "--", "recsys", "kernels", "configs")
+    return " (with uncommitted changes)" if dirty else ""
+
+
 def machine() -> str:
     cores = os.cpu_count()
     try:
@@ -165,8 +179,8 @@ def main() -> int:
                 future.result()
     header = (
         f"Command: `python benchmarks/recsys_quality.py{' --only ' + ' '.join(args.only) if args.only else ''}`  \n"
-        f"Machine: {machine()}  \nDate: {dt.date.today()}  \nCommit: {_git('rev-parse', '--short', 'HEAD')}"
-        f"{' (with uncommitted changes)' if _git('status', '--porcelain', '--', 'recsys', 'kernels', 'configs') else ''}\n"
+        f"Machine: {machine()}  \nDate: {dt.date.today()}  \nCommit: {source_commit()}"
+        f"{dirty_note()}\n"
     )
     body = header + "\n" + table(args.output_root)
     print(body)
