@@ -6,6 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU, Triton kernels run in its interpreter. The flag is read when a
+# kernel is decorated, and torchrec/fbgemm import Triton as a side effect, so it
+# must be set here, before any test module is imported, not in the kernel tests.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GENREC_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
