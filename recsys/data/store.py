@@ -57,7 +57,11 @@ def _jagged(column: pa.ChunkedArray) -> JaggedArray:
 def load_sequences(folder: str | Path) -> SequenceData:
     folder = Path(folder)
     manifest = load_manifest(folder)
-    table = pq.read_table(folder / SEQUENCES_FILE)
+    return sequences_from_table(pq.read_table(folder / SEQUENCES_FILE), manifest)
+
+
+def sequences_from_table(table: pa.Table, manifest: dict) -> SequenceData:
+    """``SequenceData`` of a ``sequences.parquet`` table or any subset of its rows (e.g. a shard)."""
     timestamps = table.column("timestamps")
     return SequenceData(
         user_ids=table.column("user_id").to_numpy(),
