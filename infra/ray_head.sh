@@ -47,8 +47,12 @@ start)
     echo $! >"$PIDFILE"
     for _ in $(seq 60); do
         if "$VENV_BIN/python" - "$DASHBOARD_PORT" <<'PY' 2>/dev/null; then
-import sys, urllib.request
-urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/version", timeout=2)
+import sys, urllib.error, urllib.request
+# Any HTTP answer means the dashboard is up; with token auth an unauthenticated call gets 401.
+try:
+    urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/version", timeout=2)
+except urllib.error.HTTPError:
+    pass
 PY
             echo "Ray head up: job API http://127.0.0.1:$DASHBOARD_PORT, GCS 127.0.0.1:$GCS_PORT (log $LOG)"
             echo "  export RAY_AUTH_MODE=token RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT"
