@@ -16,8 +16,9 @@ from torchrec.modules.embedding_configs import EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from ..data.batches import ITEM_FEATURE  # one key for batches and the table
+
 ITEM_TABLE = "item_table"  # never name a table after a module attribute (TorchRec rejects it)
-ITEM_FEATURE = "item_id"
 
 
 class ItemEmbeddings(nn.Module):
