@@ -147,7 +147,10 @@ def _connect_ray(config: RecsysJobConfig) -> bool:
     if address:
         ray.init(address=address)
         return False
+    # "local", not None: with no address Ray would join whatever cluster
+    # /tmp/ray/ray_current_cluster names, even a stale one from another machine image.
     ray.init(
+        address="local",
         num_cpus=pipeline.local_num_cpus or max(pipeline.num_workers, os.cpu_count() or 1),
         object_store_memory=pipeline.local_object_store_mb * 2**20,
         include_dashboard=False,

@@ -12,6 +12,8 @@ def local_ray():
 
     if not ray.is_initialized():
         ray.init(
+            # A fresh instance even if /tmp/ray/ray_current_cluster names another one.
+            address="local",
             num_cpus=2,
             object_store_memory=300 * 2**20,
             include_dashboard=False,

@@ -74,3 +74,21 @@ def test_bad_input_fails_before_ray_starts(tmp_path, capsys, monkeypatch, overri
     assert main([*args, override.format(**fill)]) == 2
     assert message.format(**fill) in capsys.readouterr().err
     assert not (tmp_path / "out" / "mlflow.db").exists()  # no run, no registered model
+
+
+def test_a_local_run_starts_its_own_ray_even_with_a_stale_cluster_file(monkeypatch):
+    # CI once ran on an image whose /tmp/ray/ray_current_cluster named a dead
+    # 192.0.2.2 head: a bare ray.init() tries to join it and fails. A run with no
+    # configured address must ask Ray for a fresh local instance instead.
+    import ray
+
+    from pipelines.config import RecsysJobConfig
+    from recsys.config import load_config
+
+    calls = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    config = load_config(RecsysJobConfig, "configs/recsys/demo.yaml")
+    assert pipelines.recsys._connect_ray(config) is True
+    assert calls[0]["address"] == "local"
