@@ -22,26 +22,14 @@ import pandas as pd
 import torch
 import yaml
 from mlflow.models import infer_signature
-from safetensors.torch import load_file
 
-from recsys.config import load_config, to_dict
+from recsys.config import to_dict
 from recsys.experiment import ExperimentConfig
-from recsys.train import build_model
+from recsys.model_files import CANDIDATES, CONFIG, WEIGHTS, load_recommender
 
-WEIGHTS, CONFIG, CANDIDATES = "weights", "config", "candidates"
 DEFAULT_K = 10
 # Forward passes per predict call are chunked so a large request does not build one huge batch.
 _CHUNK = 512
-
-
-def load_recommender(weights: str | Path, config: str | Path):
-    """(model in eval mode, its ExperimentConfig) from the two artifact files."""
-    experiment = load_config(ExperimentConfig, config)
-    state = load_file(str(weights))
-    num_item_ids = state["item_embeddings.collection.embeddings.item_table.weight"].shape[0]
-    model = build_model(experiment, num_item_ids)
-    model.load_state_dict(state)
-    return model.eval(), experiment
 
 
 class SequentialRecommenderModel(mlflow.pyfunc.PythonModel):

@@ -50,6 +50,14 @@ class ModelConfig:
     time_buckets: int = 128
     # kernels.hstu_attention implementation: auto picks Triton on CUDA, the jagged CPU path otherwise
     attention_impl: Literal["auto", "reference", "cpu", "triton"] = "auto"
+    # Target-aware ranking head (MLP d -> d -> 1 on a candidate appended to the history),
+    # trained by an auxiliary listwise loss; what serving's /rank scores with.
+    ranking_head: bool = False
+    ranking_weight: float = 1.0  # weight of the ranking loss added to the next-item loss
+    # Negatives per sequence in the ranking loss: the first ones of the batch's sampled
+    # negatives (at most train.num_negatives) or, with the in-batch loss, the next
+    # sequences' last items (at most batch size - 1).
+    ranking_negatives: int = 32
 
     def check(self):
         problems = []
@@ -74,6 +82,10 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             problems.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
+        if not self.ranking_weight > 0:
+            problems.append(("ranking_weight", f"must be > 0, got {self.ranking_weight}"))
+        if self.ranking_negatives < 1:
+            problems.append(("ranking_negatives", f"must be >= 1, got {self.ranking_negatives}"))
         return problems
 
 

@@ -330,6 +330,8 @@ def run(config: ExperimentConfig) -> dict:
     save_file(
         {k: v.contiguous() for k, v in model.state_dict().items()}, run_dir / "model.safetensors"
     )
+    # The ids a server may recommend (seen in the data): serving.loading reads it.
+    np.save(run_dir / "candidates.npy", candidates.numpy())
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     print(f"[test] protocol {config.eval.protocol}, epoch {best_epoch}: {_format(results['test'])}")
     print(f"[done] {run_dir}")

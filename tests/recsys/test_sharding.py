@@ -46,12 +46,19 @@ LOSS_TOLERANCE = {"rtol": 1e-4, "atol": 1e-6}
 WEIGHT_TOLERANCE = {"rtol": 1e-4, "atol": 1e-6}
 
 
-def _config(family: str) -> ExperimentConfig:
+def _config(family: str, ranking_head: bool = False) -> ExperimentConfig:
     return ExperimentConfig(
         seed=0,
         data=DataConfig(max_len=20),
         # No dropout: each process draws its own masks, so no two runs would agree.
-        model=ModelConfig(family=family, embedding_dim=16, num_blocks=1, num_heads=2, dropout=0.0),
+        model=ModelConfig(
+            family=family,
+            embedding_dim=16,
+            num_blocks=1,
+            num_heads=2,
+            dropout=0.0,
+            ranking_head=ranking_head,
+        ),
         train=TrainConfig(learning_rate=LEARNING_RATE, num_negatives=NUM_NEGATIVES),
     )
 
@@ -177,10 +184,12 @@ def _vectors(model, batch):
         )
 
 
-def _equivalence_worker(rank: int, port: int, family: str, sharding_type: str) -> None:
+def _equivalence_worker(
+    rank: int, port: int, family: str, sharding_type: str, ranking_head: bool
+) -> None:
     _init(rank, port)
     try:
-        config = _config(family)
+        config = _config(family, ranking_head)
         batches = [_rank_batches(r) for r in range(WORLD_SIZE)]
         model, optimizer, losses = _train_sharded(config, sharding_type, batches[rank])
         every_rank = [torch.empty_like(losses) for _ in range(WORLD_SIZE)]
@@ -217,16 +226,18 @@ def _equivalence_worker(rank: int, port: int, family: str, sharding_type: str) -
 
 @pytest.mark.distributed
 @pytest.mark.parametrize(
-    "family, sharding_type",
+    "family, sharding_type, ranking_head",
     [
-        ("hstu", "table_wise"),
-        ("hstu", "column_wise"),
-        ("hstu", "row_wise"),
-        ("sasrec", "row_wise"),
+        ("hstu", "table_wise", False),
+        ("hstu", "column_wise", False),
+        ("hstu", "row_wise", False),
+        ("sasrec", "row_wise", False),
+        # The ranking loss reuses forward's one lookup: same collectives on every rank.
+        ("hstu", "row_wise", True),
     ],
 )
-def test_sharded_training_matches_single_process(family, sharding_type):
-    _spawn(_equivalence_worker, family, sharding_type)
+def test_sharded_training_matches_single_process(family, sharding_type, ranking_head):
+    _spawn(_equivalence_worker, family, sharding_type, ranking_head)
 
 
 def _step_and_probe(model, optimizer, batch, probe):
