@@ -51,3 +51,25 @@ def prepared(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray instance (2 CPUs, small object store) for the tests that need one.
+
+    Session-wide: the pipeline jobs join it and the Serve tests run on it; starting
+    Ray twice in one process is not possible, and starting it per module is slow.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            # A fresh instance even if /tmp/ray/ray_current_cluster names another one.
+            address="local",
+            num_cpus=2,
+            object_store_memory=300 * 2**20,
+            include_dashboard=False,
+            log_to_driver=True,
+        )
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,152 @@
+"""Find a trained recommender and load it: from the MLflow registry or from a run folder.
+
+    load_bundle("models:/demo-hstu@champion", tracking_uri="sqlite:///runs/mlflow.db")
+    load_bundle("models:/demo-hstu/3")            # a fixed version
+    load_bundle("runs/demo")                       # a `python -m recsys.train` run folder
+
+No Ray here: the Serve app, benchmarks and notebooks all load through this.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from recsys.model_files import CANDIDATES, CONFIG, WEIGHTS, load_candidates, load_recommender
+
+_REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+class ModelNotFound(RuntimeError):
+    """The model source names nothing loadable; the message says what to check."""
+
+
+@dataclass
+class ModelBundle:
+    """A loaded model and what /model reports about it."""
+
+    model: torch.nn.Module
+    config: object  # ExperimentConfig
+    candidates: torch.Tensor  # item ids that may be recommended
+    info: dict = field(default_factory=dict)
+
+
+def parse_registry_uri(source: str) -> tuple[str, str | None, str | None] | None:
+    """(name, alias, version) for ``models:/name@alias`` or ``models:/name/3``, else None."""
+    match = _REGISTRY_URI.match(source)
+    if match is None:
+        if source.startswith("models:/"):
+            raise ModelNotFound(
+                f"{source!r} is not a registry URI: use models:/NAME@ALIAS or models:/NAME/VERSION"
+            )
+        return None
+    return match["name"], match["alias"], match["version"]
+
+
+def load_bundle(source: str, tracking_uri: str | None = None) -> ModelBundle:
+    """Load from the registry (``models:/...``) or from a local run folder."""
+    parsed = parse_registry_uri(source)
+    if parsed is None:
+        return _from_run_folder(Path(source))
+    return _from_registry(*parsed, tracking_uri=tracking_uri)
+
+
+def _from_run_folder(folder: Path) -> ModelBundle:
+    weights, config = folder / "model.safetensors", folder / "config.yaml"
+    for needed in (weights, config):
+        if not needed.is_file():
+            raise ModelNotFound(
+                f"{needed} does not exist: point the server at a finished run folder of "
+                "`python -m recsys.train` or at a registered model (models:/NAME@ALIAS)"
+            )
+    model, experiment = load_recommender(weights, config)
+    metrics_file = folder / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    info = {
+        "name": experiment.name,
+        "version": None,
+        "alias": None,
+        "source": str(folder.resolve()),
+        "metrics": {
+            f"{stage}/{key}": value
+            for stage in ("valid", "test")
+            for key, value in (metrics.get(stage) or {}).items()
+        },
+    }
+    candidates = load_candidates(folder / "candidates.npy", model.item_embeddings.num_item_ids)
+    return _bundle(model, experiment, candidates, info)
+
+
+def _from_registry(name, alias, version, tracking_uri) -> ModelBundle:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        entry = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, version)
+        )
+    except MlflowException as error:
+        wanted = f"alias @{alias}" if alias else f"version {version}"
+        raise ModelNotFound(
+            f"registered model {name!r} has no {wanted} in {client.tracking_uri} "
+            f"({error.message.splitlines()[0]}); list versions in the MLflow UI or train one "
+            "with `python -m pipelines.recsys`"
+        ) from error
+    # The files are read into memory, so the download need not outlive the load.
+    with tempfile.TemporaryDirectory(prefix="genrec-serve-") as folder:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                # The version's own location, not models:/...: that form is resolved
+                # against the global registry URI, not this client's.
+                artifact_uri=client.get_model_version_download_uri(name, entry.version),
+                dst_path=folder,
+                tracking_uri=tracking_uri,
+            )
+        )
+        files = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+        files = files["artifacts"]
+        model, experiment = load_recommender(
+            local / files[WEIGHTS]["path"], local / files[CONFIG]["path"]
+        )
+        candidates = load_candidates(
+            local / files[CANDIDATES]["path"], model.item_embeddings.num_item_ids
+        )
+    metrics = {}
+    if entry.run_id:
+        metrics = {
+            key: value
+            for key, value in client.get_run(entry.run_id).data.metrics.items()
+            if key.startswith(("test/", "best_valid/"))
+        }
+    info = {
+        "name": name,
+        "version": str(entry.version),
+        "alias": alias or (next(iter(entry.aliases)) if entry.aliases else None),
+        "source": f"models:/{name}/{entry.version}",
+        "run_id": entry.run_id,
+        "metrics": metrics,
+    }
+    return _bundle(model, experiment, candidates, info)
+
+
+def _bundle(model, experiment, candidates, info) -> ModelBundle:
+    info = {
+        **info,
+        "family": experiment.model.family,
+        "dataset": experiment.data.dataset,
+        "max_len": experiment.data.max_len,
+        "num_item_ids": model.item_embeddings.num_item_ids,
+        "num_candidates": int(candidates.numel()),
+        "ranking_head": bool(getattr(model, "has_ranking_head", False)),
+    }
+    return ModelBundle(model=model, config=experiment, candidates=candidates, info=info)
