@@ -6,7 +6,7 @@ CONFIG ?= configs/recsys/demo.yaml
 # Tests read the shared datasets from here (CI has ../shared beside the clone).
 export GENREC_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo serve test lint format clean
 
 setup:
 	@bash infra/install.sh
@@ -14,6 +14,10 @@ setup:
 ## Main job end to end on the embedded default (generated data, local stores).
 demo: setup
 	$(PY) -m pipelines.recsys $(CONFIG)
+
+## Serve the demo's champion on 127.0.0.1:8000 (run `make demo` first); Ctrl-C stops.
+serve: setup
+	$(VENV)/bin/serve run infra/serve.yaml
 
 ## Lint, then every test that can run on this machine.
 test: setup

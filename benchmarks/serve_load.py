@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -50,7 +52,8 @@ def ensure_model(folder: Path) -> Path:
     return folder
 
 
-def histories(folder: Path, count: int, seed: int = 0) -> list[list[int]]:
+def histories(folder: Path, count: int, seed: int = 0, min_length: int = 1) -> list[list[int]]:
+    """``count`` random users' most recent max_len items (only users with >= min_length)."""
     from recsys.config import load_config
     from recsys.data import load_sequences
     from recsys.experiment import ExperimentConfig
@@ -60,7 +63,11 @@ def histories(folder: Path, count: int, seed: int = 0) -> list[list[int]]:
     data = load_sequences(data_dir)
     rng = random.Random(seed)
     values, offsets = data.item_ids.values, data.item_ids.offsets
-    rows = [rng.randrange(len(data.item_ids)) for _ in range(count)]
+    lengths = np.diff(offsets)
+    eligible = np.flatnonzero(lengths >= min_length).tolist()
+    if not eligible:
+        raise SystemExit(f"no user in {data_dir} has {min_length} or more items")
+    rows = [rng.choice(eligible) for _ in range(count)]
     # Each user's most recent max_len items: what the model reads.
     return [
         values[max(offsets[r], offsets[r + 1] - config.data.max_len) : offsets[r + 1]].tolist()

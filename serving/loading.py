@@ -2,6 +2,7 @@
 
     load_bundle("models:/demo-hstu@champion", tracking_uri="sqlite:///runs/mlflow.db")
     load_bundle("models:/demo-hstu/3")            # a fixed version
+    load_bundle("models:/demo-hstu")              # the champion alias
     load_bundle("runs/demo")                       # a `python -m recsys.train` run folder
 
 No Ray here: the Serve app, benchmarks and notebooks all load through this.
@@ -20,7 +21,8 @@ import yaml
 
 from recsys.model_files import CANDIDATES, CONFIG, WEIGHTS, load_candidates, load_recommender
 
-_REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+_REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))?$")
+DEFAULT_ALIAS = "champion"
 
 
 class ModelNotFound(RuntimeError):
@@ -38,7 +40,8 @@ class ModelBundle:
 
 
 def parse_registry_uri(source: str) -> tuple[str, str | None, str | None] | None:
-    """(name, alias, version) for ``models:/name@alias`` or ``models:/name/3``, else None."""
+    """(name, alias, version) for ``models:/name@alias``, ``models:/name/3`` or ``models:/name``
+    (the ``champion`` alias); None for anything that is not a registry URI."""
     match = _REGISTRY_URI.match(source)
     if match is None:
         if source.startswith("models:/"):
@@ -46,7 +49,8 @@ def parse_registry_uri(source: str) -> tuple[str, str | None, str | None] | None
                 f"{source!r} is not a registry URI: use models:/NAME@ALIAS or models:/NAME/VERSION"
             )
         return None
-    return match["name"], match["alias"], match["version"]
+    alias = match["alias"] or (None if match["version"] else DEFAULT_ALIAS)
+    return match["name"], alias, match["version"]
 
 
 def load_bundle(source: str, tracking_uri: str | None = None) -> ModelBundle:

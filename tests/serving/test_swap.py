@@ -58,6 +58,7 @@ def test_loading_names_what_is_missing(registry, tmp_path):
         load_bundle(str(tmp_path), store)
     with pytest.raises(ModelNotFound, match="models:/NAME@ALIAS"):
         load_bundle("models:/a/b/c", store)
+    assert load_bundle(f"models:/{NAME}", store).info["alias"] == "champion"  # the default
 
 
 def test_champion_swaps_without_failing_requests_in_flight(serve_http, registry, tmp_path):
