@@ -16,8 +16,10 @@ demo: setup
 	$(PY) -m pipelines.recsys $(CONFIG)
 
 ## Serve the demo's champion on 127.0.0.1:8000 (run `make demo` first); Ctrl-C stops.
+## A fresh local Ray unless RAY_ADDRESS names a cluster: a bare `serve run` joins whatever
+## /tmp/ray/ray_current_cluster names, even a cluster long gone.
 serve: setup
-	$(VENV)/bin/serve run infra/serve.yaml
+	$(VENV)/bin/serve run --address "$${RAY_ADDRESS:-local}" infra/serve.yaml
 
 ## Lint, then every test that can run on this machine.
 test: setup
