@@ -11,7 +11,7 @@ not import recsys, so the few helpers are repeated here). The download path cann
 exercised on a machine without internet; everything after the download is the local path.
 
 Images leave ``load_fashion_mnist`` as uint8 ``(N, 28, 28)``; models see float tensors in
-[-1, 1] of shape ``(N, 1, H, W)`` (``to_model_input``, ``ImageDataset``), optionally
+[-1, 1] of shape ``(N, 1, H, W)`` (``to_model_range``, ``ImageDataset``), optionally
 padded to 32x32 with the background value (patch sizes that need a power of two).
 """
 
@@ -258,7 +258,7 @@ def load_idx_dataset(
         if not directory.is_dir():
             raise DataError(
                 f"data folder {directory} does not exist. Pass the folder that holds the "
-                f"{dataset.name} IDX files, or None to download the public copy."
+                f"{dataset.name} IDX files, or none (root=None, or no --data) to download the public copy."
             )
     paths = []
     for file in (images_file, labels_file):
@@ -266,7 +266,7 @@ def load_idx_dataset(
         if path is None:
             raise DataError(
                 f"{directory}: missing {file.name} (plain or .gz). Point root at the folder "
-                f"that holds the {dataset.name} files, or pass None to download the public copy."
+                f"that holds the {dataset.name} files, or none (root=None) to download the public copy."
             )
         paths.append(path)
     if not verify:
@@ -356,7 +356,7 @@ def download(dataset: IdxDataset, split: Split, cache_dir: Path | None = None) -
 # ---------------------------------------------------------------------------
 
 
-def to_model_input(images: torch.Tensor, pad_to: int | None = None) -> torch.Tensor:
+def to_model_range(images: torch.Tensor, pad_to: int | None = None) -> torch.Tensor:
     """uint8 images (..., H, W) -> float32 (..., 1, H', W') in [-1, 1].
 
     ``pad_to`` pads each side equally with -1 (the black background of Fashion-MNIST), so
@@ -373,7 +373,7 @@ def to_model_input(images: torch.Tensor, pad_to: int | None = None) -> torch.Ten
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """The inverse of ``to_model_input`` (without the padding): [-1, 1] -> uint8, clamped."""
+    """The inverse of ``to_model_range`` (without the padding): [-1, 1] -> uint8, clamped."""
     return x.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
@@ -404,7 +404,7 @@ class ImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index) -> tuple[torch.Tensor, torch.Tensor]:
-        return to_model_input(self.images[index], self.pad_to), self.labels[index]
+        return to_model_range(self.images[index], self.pad_to), self.labels[index]
 
 
 # ---------------------------------------------------------------------------

@@ -7,9 +7,9 @@ features that actually separate its classes, and costs seconds rather than minut
 evaluation on a CPU. Numbers computed with it are comparable only with numbers computed
 with the same weights: the weights file's digest is kept with every reference statistic.
 
-Inputs are float (N, 1, H, W) in [-1, 1] (``diffusion.data.to_model_input``), H = W = 28
+Inputs are float (N, 1, H, W) in [-1, 1] (``diffusion.data.to_model_range``), H = W = 28
 or 32. A 32x32 input is center-cropped to 28x28, which exactly undoes the 2-pixel padding
-``to_model_input(pad_to=32)`` adds; whatever a model draws in that border is ignored.
+``to_model_range(pad_to=32)`` adds; whatever a model draws in that border is ignored.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..data import to_model_input
+from ..data import to_model_range
 
 WEIGHTS_FILE = "model.safetensors"
 INFO_FILE = "classifier.json"
@@ -108,10 +108,10 @@ def extract(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features float64 (N, D), logits float32 (N, C)) of float images in [-1, 1], eval mode.
 
-    uint8 (N, H, W) images are accepted too and scaled like ``to_model_input``.
+    uint8 (N, H, W) images are accepted too and scaled like ``to_model_range``.
     """
     if images.dtype == torch.uint8:
-        images = to_model_input(images)
+        images = to_model_range(images)
     was_training = classifier.training
     classifier.eval()
     device = next(classifier.parameters()).device

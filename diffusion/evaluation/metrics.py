@@ -17,6 +17,7 @@ All computations are in float64 numpy; features come from ``classifier.extract``
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -82,12 +83,16 @@ def trace_sqrt_product(cov1, cov2, method: SqrtMethod = "auto") -> float:
         return float(np.sqrt(np.clip(eigenvalues, 0, None)).sum())
     if method != "scipy":
         raise ValueError(f"method must be auto, scipy or eigen, got {method!r}")
-    from scipy.linalg import sqrtm
+    from scipy.linalg import LinAlgWarning, sqrtm
 
-    product = sqrtm(cov1 @ cov2)
-    if not np.isfinite(product).all():
-        offset = np.eye(len(cov1)) * 1e-6
-        product = sqrtm((cov1 + offset) @ (cov2 + offset))
+    with warnings.catch_warnings():
+        # A singular product (dead features, fewer samples than dimensions) warns, yet
+        # its root is usually fine; a result that is not is caught by the finite check.
+        warnings.simplefilter("ignore", LinAlgWarning)
+        product = sqrtm(cov1 @ cov2)
+        if not np.isfinite(product).all():
+            offset = np.eye(len(cov1)) * 1e-6
+            product = sqrtm((cov1 + offset) @ (cov2 + offset))
     return float(np.real(np.trace(product)))
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..data import DataError, load_fashion_mnist, to_model_input
+from ..data import DataError, load_fashion_mnist, to_model_range
 from .classifier import ClassifierConfig, ImageClassifier, extract, save_classifier
 from .metrics import conditional_accuracy
 
@@ -55,7 +55,7 @@ def fit_classifier(
     """
     torch.manual_seed(seed)
     classifier = ImageClassifier(config)
-    x_train = to_model_input(train_images)
+    x_train = to_model_range(train_images)
     y_train = train_labels.to(torch.int64)
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=1e-4)
