@@ -143,8 +143,11 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
-        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, width // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, L, head_dim)
+        heads = (self.num_heads, width // self.num_heads)
+        q, k, v = (
+            part.view(batch, length, *heads).transpose(1, 2)  # (B, heads, L, head_dim)
+            for part in self.qkv(x).chunk(3, dim=-1)
+        )
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, length, width))
 
@@ -236,7 +239,7 @@ class DiffusionTransformer(ModelMixin, ConfigMixin):
         if sample_size % patch_size:
             raise ValueError(
                 f"sample_size {sample_size} is not divisible by patch_size {patch_size}: "
-                f"choose a patch size that divides it (e.g. {_divisors(sample_size)})"
+                f"choose one that divides it: {[p for p in range(1, 17) if sample_size % p == 0]}"
             )
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
@@ -345,15 +348,14 @@ class DiffusionTransformer(ModelMixin, ConfigMixin):
         return 0
 
     def num_parameters(
-        self, only_trainable: bool = False, exclude_embeddings: bool = False, active_only: bool = False
+        self,
+        only_trainable: bool = False,
+        exclude_embeddings: bool = False,
+        active_only: bool = False,
     ) -> int:
         """diffusers' count; ``active_only`` leaves out the experts a token is not routed to."""
         total = super().num_parameters(only_trainable, exclude_embeddings)
         return total - self._inactive_parameters() if active_only else total
-
-
-def _divisors(n: int) -> str:
-    return ", ".join(str(p) for p in (1, 2, 4, 7, 8, 14, 16) if n % p == 0 and p < n)
 
 
 #################################################################################

@@ -6,12 +6,11 @@ import json
 
 import pytest
 import requests
+from _serving_tools import deploy, wait_healthy
 
 from serving.loading import load_bundle
 from serving.recommender import Query, Recommender
 from serving.schemas import MAX_BODY_BYTES, MAX_CANDIDATES, MAX_HISTORY, MAX_K
-
-from .conftest import deploy, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import requests
 import torch
+from _serving_tools import deploy, train_tiny, wait_healthy
 
 from pipelines import recsys_model
 from pipelines.tracking import register_model
 from recsys.config import load_config
 from recsys.experiment import ExperimentConfig
 from serving.loading import ModelNotFound, load_bundle
-
-from .conftest import deploy, train_tiny, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NAME = "tiny-swap"
