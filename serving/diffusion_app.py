@@ -1,0 +1,155 @@
+"""Ray Serve application for class-conditional image generation: POST /generate.
+
+    serve run serving.diffusion_app:build_app model=runs/dit-fmnist
+    curl -s localhost:8000/generate -H 'content-type: application/json' \\
+         -d '{"class_label": 7, "n": 4, "steps": 25, "guidance": 2.0, "seed": 1}'
+    # {"images": ["<base64 PNG>", ...], ...};  "format": "grid" returns one image/png instead
+
+The model is a ``python -m diffusion.train`` run folder (its ``ema/`` weights in
+diffusers layout and ``config.yaml``) or a registered model
+(``models:/NAME@ALIAS``, as ``pipelines.diffusion`` logs them). Limits on ``n``
+and ``steps`` bound the work one request can ask for; anything out of range is
+a 422 naming the field, and the replica keeps serving.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real route types (see app.py).
+import base64
+import copy
+import io
+import tempfile
+from pathlib import Path
+from typing import Annotated, Literal
+
+import torch
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from ray import serve
+
+MAX_IMAGES = 16
+MAX_STEPS = 200
+
+app = FastAPI(title="genrec image generation", description="Class-conditional DiT sampling.")
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    class_label: Annotated[StrictInt, Field(ge=0)]
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_IMAGES)] = 4
+    steps: Annotated[StrictInt, Field(ge=1, le=MAX_STEPS)] = 50
+    guidance: Annotated[StrictFloat | StrictInt, Field(ge=0, le=20)] = 1.5
+    seed: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] = 0
+    scheduler: Literal["ddpm", "ddim", "dpm-solver"] = "ddim"
+    format: Literal["json", "grid"] = "json"
+
+
+def load_generator(source: str, tracking_uri: str | None = None):
+    """(EMA transformer, DiffusionExperiment) from a run folder or a registry URI."""
+    from diffusion.config import DiffusionExperiment
+    from diffusion.models import load_pretrained
+    from recsys.config import load_config
+
+    if source.startswith("models:/"):
+        import mlflow
+
+        folder = Path(tempfile.mkdtemp(prefix="genrec-dit-"))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=_registry_download_uri(source, tracking_uri),
+                dst_path=str(folder),
+                tracking_uri=tracking_uri,
+            )
+        )
+    else:
+        local = Path(source)
+    for needed in (local / "config.yaml", local / "ema"):
+        if not needed.exists():
+            raise FileNotFoundError(
+                f"{needed} does not exist: point model= at a finished `python -m diffusion.train` "
+                "run folder or a registered diffusion model"
+            )
+    config = load_config(DiffusionExperiment, local / "config.yaml")
+    return load_pretrained(local / "ema").eval(), config
+
+
+def _registry_download_uri(source: str, tracking_uri: str | None) -> str:
+    from mlflow.tracking import MlflowClient
+
+    from serving.loading import parse_registry_uri
+
+    name, alias, version = parse_registry_uri(source)
+    client = MlflowClient(tracking_uri)
+    if alias:
+        version = client.get_model_version_by_alias(name, alias).version
+    return client.get_model_version_download_uri(name, version)
+
+
+def _png(image: torch.Tensor) -> bytes:
+    from PIL import Image
+
+    pixels = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@serve.deployment(max_ongoing_requests=8, ray_actor_options={"num_cpus": 1})
+@serve.ingress(app)
+class GeneratorService:
+    def __init__(self, model: str, tracking_uri: str | None = None, torch_threads: int = 1):
+        torch.set_num_threads(torch_threads)
+        self.model, self.config = load_generator(model, tracking_uri)
+        self.source = model
+        self.num_classes = self.model.config.num_classes
+
+    @app.get("/healthz")
+    def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/model")
+    def describe(self) -> dict:
+        config = self.model.config
+        return {
+            "source": self.source,
+            "kind": self.config.model.kind,
+            "size": self.config.model.size,
+            "num_classes": self.num_classes,
+            "sample_size": config.sample_size,
+            "limits": {"n": MAX_IMAGES, "steps": MAX_STEPS},
+        }
+
+    @app.post("/generate")
+    def generate(self, request: GenerateRequest):
+        # A plain def: FastAPI runs it in a worker thread, so sampling never blocks /healthz.
+        from diffusion.train import sample
+
+        if request.class_label >= self.num_classes:
+            raise HTTPException(
+                status_code=422,
+                detail=f"class_label {request.class_label} is out of range: "
+                f"this model has classes 0..{self.num_classes - 1}",
+            )
+        config = copy.deepcopy(self.config)  # requests run in parallel threads: no shared edits
+        config.sample.scheduler = request.scheduler
+        config.sample.steps = request.steps
+        config.sample.guidance_scale = float(request.guidance)
+        labels = torch.full((request.n,), request.class_label)
+        images = sample(self.model, config, labels, seed=request.seed)
+        if request.format == "grid":
+            from diffusion.train import save_grid
+
+            with tempfile.TemporaryDirectory() as folder:
+                path = save_grid(images, 1, Path(folder) / "grid.png")
+                return Response(content=path.read_bytes(), media_type="image/png")
+        return {
+            "images": [base64.b64encode(_png(image)).decode() for image in images],
+            "class_label": request.class_label,
+            "seed": request.seed,
+            "steps": request.steps,
+        }
+
+
+def build_app(args: dict):
+    """``serve run serving.diffusion_app:build_app model=... [tracking_uri=...]``."""
+    return GeneratorService.bind(**args)
