@@ -299,7 +299,11 @@ def fit(config: DiffusionExperiment, run_dir: Path, hooks: Hooks | None = None) 
     started, window = time.perf_counter(), []
     model.train()
     for step in progress:
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        step_seed = config.seed * 1_000_003 + step
+        generator = torch.Generator().manual_seed(step_seed)
+        # Label dropout draws from the global generator: seed it per step too, so a resumed
+        # run drops the same labels as an uninterrupted one.
+        torch.manual_seed(step_seed)
         index = torch.randint(0, images.shape[0], (train.batch_size,), generator=generator)
         batch, batch_labels = images[index].to(device), labels[index].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
