@@ -235,9 +235,15 @@ def make_evaluator(config: DiffusionExperiment):
 class Hooks:
     """What a caller (the CLI, a Ray Train worker with MLflow) does with progress."""
 
-    log: object = None  # log(metrics: dict, step: int)
-    artifact: object = None  # artifact(path: Path, folder: str)
-    evaluate: object = None  # evaluate(ema_model, step) -> dict of metrics
+    log: object = None  # log(metrics: dict, step: int); rank 0 only
+    artifact: object = None  # artifact(path: Path, folder: str); rank 0 only
+    evaluate: object = None  # evaluate(ema_model, step) -> dict of metrics; rank 0 only
+    # Data-parallel training: wrap the model (e.g. ray.train.torch.prepare_model -> DDP).
+    prepare_model: object = None
+    # checkpointed(folder or None, step, metrics): every rank, after each checkpoint.
+    checkpointed: object = None
+    rank: int = 0
+    world_size: int = 1
 
 
 def resume_key(config: DiffusionExperiment) -> dict:
@@ -273,6 +279,7 @@ def fit(config: DiffusionExperiment, run_dir: Path, hooks: Hooks | None = None) 
     images, labels, num_classes = load_images(config)
     model = build_model(config, images.shape[-1], num_classes).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    plain = model  # the unwrapped module: what checkpoints and the EMA hold
     scheduler = noise_scheduler(config)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.train.learning_rate, weight_decay=config.train.weight_decay
@@ -287,19 +294,25 @@ def fit(config: DiffusionExperiment, run_dir: Path, hooks: Hooks | None = None) 
                 f"{checkpoint} was written with other data, model, process or optimiser "
                 "settings; use another name= or delete the folder to start over"
             )
-        model.load_state_dict(state["model"])
+        plain.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = state["step"], state["history"]
         print(f"[resume] from step {start} ({checkpoint})", flush=True)
+    if hooks.prepare_model:
+        model = hooks.prepare_model(model)
+    lead = hooks.rank == 0  # one rank writes files and logs; all of them train
 
     autocast = device.type == "cuda" and train.bf16
     sample_labels = torch.arange(num_classes).repeat_interleave(config.sample.per_class)
-    progress = tqdm(range(start, train.steps), initial=start, total=train.steps, desc="train")
+    progress = tqdm(
+        range(start, train.steps), initial=start, total=train.steps, desc="train", disable=not lead
+    )
     started, window = time.perf_counter(), []
     model.train()
     for step in progress:
-        step_seed = config.seed * 1_000_003 + step
+        # Each rank draws its own batch; one process draws exactly what it always did.
+        step_seed = (config.seed * 1_000_003 + step) * hooks.world_size + hooks.rank
         generator = torch.Generator().manual_seed(step_seed)
         # Label dropout draws from the global generator: seed it per step too, so a resumed
         # run drops the same labels as an uninterrupted one.
@@ -317,7 +330,7 @@ def fit(config: DiffusionExperiment, run_dir: Path, hooks: Hooks | None = None) 
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         optimizer.step()
-        update_ema(ema, model, train.ema_decay, step)
+        update_ema(ema, plain, train.ema_decay, step)
         window.append(loss.item())
         done = step + 1
         if done % train.log_every == 0 or done == train.steps:
@@ -332,34 +345,39 @@ def fit(config: DiffusionExperiment, run_dir: Path, hooks: Hooks | None = None) 
             }
             history.append({"step": done, **metrics})
             progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
-            if hooks.log:
+            if hooks.log and lead:
                 hooks.log(metrics, done)
             started, window = time.perf_counter(), []
-        if done % train.sample_every == 0 or done == train.steps:
+        if lead and (done % train.sample_every == 0 or done == train.steps):
             grid = sample(ema, config, sample_labels, seed=config.seed)
             path = save_grid(grid, num_classes, run_dir / f"samples-step{done:06d}.png")
             if hooks.artifact:
                 hooks.artifact(path, "samples")
-        if hooks.evaluate and (done in config.eval.at_steps or done == train.steps):
+        evaluating = done in config.eval.at_steps or done == train.steps
+        if lead and hooks.evaluate and evaluating:
             scores = hooks.evaluate(ema, done)
             history.append({"step": done, **scores})
             if hooks.log:
                 hooks.log(scores, done)
         if done % train.checkpoint_every == 0 or done == train.steps:
-            _save_checkpoint(
-                checkpoint,
-                {
-                    "resume_key": resume_key(config),
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": done,
-                    "history": history,
-                },
-            )
-    ema.save_pretrained(run_dir / "ema")  # diffusers layout: config.json + safetensors
+            if lead:
+                _save_checkpoint(
+                    checkpoint,
+                    {
+                        "resume_key": resume_key(config),
+                        "model": plain.state_dict(),
+                        "ema": ema.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "step": done,
+                        "history": history,
+                    },
+                )
+            if hooks.checkpointed:
+                hooks.checkpointed(run_dir if lead else None, done, history[-1] if history else {})
     results = {"steps": train.steps, "history": history, "model": str(run_dir / "ema")}
-    (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    if lead:
+        ema.save_pretrained(run_dir / "ema")  # diffusers layout: config.json + safetensors
+        (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     return results
 
 

@@ -153,13 +153,15 @@ class MetricLogger:
             self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
 
 
-def champion_value(client: MlflowClient, name: str, alias: str) -> float | None:
-    """The champion's validation metric, or None when the alias is not set."""
+def champion_value(
+    client: MlflowClient, name: str, alias: str, metric: str = CHAMPION_METRIC
+) -> float | None:
+    """The champion's selection metric, or None when the alias is not set."""
     try:
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-    value = version.tags.get(CHAMPION_METRIC)
+    value = version.tags.get(metric)
     return float(value) if value is not None else None
 
 
@@ -171,17 +173,20 @@ def register_model(
     alias: str,
     tags: dict[str, str],
     tracking_uri: str,
+    metric: str = CHAMPION_METRIC,
 ) -> tuple[str, bool]:
     """Register ``model_uri`` as a new version of ``name``; move ``alias`` if it beats the champion.
 
-    Returns (version, promoted). Either the version ends up fully tagged (and
+    ``valid_value`` is the ``metric`` tag of the version; higher is better (pass a negated
+    value for lower-is-better metrics such as FID). Returns (version, promoted). Either
+    the version ends up fully tagged (and
     aliased when better), or it is deleted again: no half-registered model.
     """
     client = MlflowClient(tracking_uri)
     version = str(mlflow.register_model(model_uri, name, tags=tags).version)
     try:
-        client.set_model_version_tag(name, version, CHAMPION_METRIC, repr(float(valid_value)))
-        current = champion_value(client, name, alias)
+        client.set_model_version_tag(name, version, metric, repr(float(valid_value)))
+        current = champion_value(client, name, alias, metric)
         promoted = current is None or valid_value > current
         if promoted:
             client.set_registered_model_alias(name, alias, version)

@@ -46,31 +46,40 @@ class GenerateRequest(BaseModel):
 
 def load_generator(source: str, tracking_uri: str | None = None):
     """(EMA transformer, DiffusionExperiment) from a run folder or a registry URI."""
+
+    if not source.startswith("models:/"):
+        return _load_folder(Path(source))
+    import mlflow
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="genrec-dit-") as folder:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=_registry_download_uri(source, tracking_uri),
+                dst_path=folder,
+                tracking_uri=tracking_uri,
+            )
+        )
+        # An MLflow pyfunc keeps its files under the paths its MLmodel names.
+        files = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+        files = files["artifacts"]
+        return _load_folder(local, local / files["ema"]["path"], local / files["config"]["path"])
+
+
+def _load_folder(folder: Path, ema: Path | None = None, config_file: Path | None = None):
     from diffusion.config import DiffusionExperiment
     from diffusion.models import load_pretrained
     from recsys.config import load_config
 
-    if source.startswith("models:/"):
-        import mlflow
-
-        folder = Path(tempfile.mkdtemp(prefix="genrec-dit-"))
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=_registry_download_uri(source, tracking_uri),
-                dst_path=str(folder),
-                tracking_uri=tracking_uri,
-            )
-        )
-    else:
-        local = Path(source)
-    for needed in (local / "config.yaml", local / "ema"):
+    ema, config_file = ema or folder / "ema", config_file or folder / "config.yaml"
+    for needed in (config_file, ema):
         if not needed.exists():
             raise FileNotFoundError(
                 f"{needed} does not exist: point model= at a finished `python -m diffusion.train` "
                 "run folder or a registered diffusion model"
             )
-    config = load_config(DiffusionExperiment, local / "config.yaml")
-    return load_pretrained(local / "ema").eval(), config
+    config = load_config(DiffusionExperiment, config_file)
+    return load_pretrained(ema).eval(), config
 
 
 def _registry_download_uri(source: str, tracking_uri: str | None) -> str:
