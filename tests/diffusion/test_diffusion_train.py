@@ -118,3 +118,35 @@ def load_pretrained_or_new(config):
             if not parameter.abs().sum():
                 parameter.normal_(0, 0.02)  # undo the zero init of adaLN and the final layer
     return model.eval()
+
+
+def test_latent_space_sampling_decodes_through_the_vae():
+    # A VAE with one 2x downsampling: the transformer works on 4x14x14 latents.
+    from diffusers import AutoencoderKL, DDIMScheduler
+
+    from diffusion.models import build_model
+
+    vae = AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        latent_channels=4,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=4,
+    ).eval()
+    transformer = build_model(
+        "DiT-T/2",
+        sample_size=14,
+        in_channels=4,
+        num_classes=10,
+        hidden_size=32,
+        depth=1,
+        num_heads=2,
+        learn_sigma=False,
+    ).eval()
+    pipe = ClassConditionalPipeline(transformer=transformer, scheduler=DDIMScheduler(), vae=vae)
+    images = pipe([1, 2], num_inference_steps=2, output_type="pt", progress=False).images
+    assert images.shape == (2, 1, 28, 28)
+    assert images.min() >= 0 and images.max() <= 1
