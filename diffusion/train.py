@@ -29,13 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
-from PIL import Image
 from tqdm.auto import tqdm
 
 from recsys.config import ConfigError, load_config, to_dict
 
 from .config import DiffusionExperiment
 from .data import DataError
+from .images import save_grid
 from .pipeline import ClassConditionalPipeline, make_scheduler
 
 CHECKPOINT = "checkpoint.pt"
@@ -173,21 +173,6 @@ def sample(model, config: DiffusionExperiment, labels, seed: int, progress: bool
         ).images
     finally:
         model.train(was_training)
-
-
-def save_grid(images: torch.Tensor, rows: int, path: Path) -> Path:
-    """A PNG grid of images in [0, 1] (N, C, H, W), ``rows`` rows, 2-pixel white gaps."""
-    count, channels, height, width = images.shape
-    cols = math.ceil(count / rows)
-    gap = 2
-    canvas = np.ones((rows * (height + gap) + gap, cols * (width + gap) + gap, channels))
-    for index, image in enumerate(images.float().cpu().permute(0, 2, 3, 1).numpy()):
-        r, c = divmod(index, cols)
-        top, left = gap + r * (height + gap), gap + c * (width + gap)
-        canvas[top : top + height, left : left + width] = image
-    pixels = (canvas * 255).round().clip(0, 255).astype(np.uint8)
-    Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(path)
-    return path
 
 
 def make_evaluator(config: DiffusionExperiment):

@@ -50,6 +50,7 @@ from .tracking import (
     resolve_tracking_uri,
     start_run,
 )
+from .trainer import torch_trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = "checkpoint.pt"
@@ -141,26 +142,7 @@ def _resolve_data(config: DiffusionJobConfig) -> None:
 
 
 def _train(config: DiffusionJobConfig, job: dict, storage: Path, name: str):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    pipeline = config.pipeline
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config=job,
-        torch_config=TorchConfig(backend="nccl" if pipeline.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=pipeline.num_workers,
-            use_gpu=pipeline.use_gpu,
-            resources_per_worker={"CPU": 1, **({"GPU": 1} if pipeline.use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=pipeline.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-    )
+    trainer = torch_trainer(train_worker, job, config.pipeline, storage, name, keep_checkpoints=2)
     return trainer.fit()
 
 

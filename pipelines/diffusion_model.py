@@ -11,7 +11,6 @@ experiment config (``config.yaml``); ``serving.diffusion_app`` reads the same tw
 from __future__ import annotations
 
 import base64
-import io
 from pathlib import Path
 
 import mlflow
@@ -19,6 +18,8 @@ import mlflow.pyfunc
 import pandas as pd
 import torch
 from mlflow.models import infer_signature
+
+from diffusion.images import png_bytes
 
 EMA, CONFIG = "ema", "config"
 
@@ -47,17 +48,8 @@ class DiffusionTransformerModel(mlflow.pyfunc.PythonModel):
         pngs = []
         for label, seed in zip(frame["class_label"], seeds, strict=True):
             image = sample(self.model, self.config, torch.tensor([int(label)]), seed=int(seed))[0]
-            pngs.append(base64.b64encode(_png(image)).decode())
+            pngs.append(base64.b64encode(png_bytes(image)).decode())
         return pd.DataFrame({"png": pngs})
-
-
-def _png(image: torch.Tensor) -> bytes:
-    from PIL import Image
-
-    pixels = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def log_model(ema_folder: Path, config_file: Path):

@@ -62,6 +62,7 @@ from .tracking import (
     stage_metrics,
     start_run,
 )
+from .trainer import torch_trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,28 +160,9 @@ def _connect_ray(config: RecsysJobConfig) -> bool:
 
 
 def _train(config: RecsysJobConfig, job: dict, shards: dict, storage: Path, name: str):
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    pipeline = config.pipeline
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=job,
-        torch_config=TorchConfig(backend="nccl" if pipeline.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=pipeline.num_workers,
-            use_gpu=pipeline.use_gpu,
-            resources_per_worker={"CPU": 1, **({"GPU": 1} if pipeline.use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=pipeline.max_failures),
-            # Every epoch is kept: the epoch chosen on validation is read back from its checkpoint.
-            checkpoint_config=CheckpointConfig(num_to_keep=None),
-        ),
-        datasets=shards,
-        dataset_config=DataConfig(datasets_to_split=[]),  # each rank reads its own dataset
+    # Every epoch is kept: the epoch chosen on validation is read back from its checkpoint.
+    trainer = torch_trainer(
+        train_loop, job, config.pipeline, storage, name, keep_checkpoints=None, datasets=shards
     )
     return trainer.fit()
 

@@ -15,7 +15,6 @@ a 422 naming the field, and the replica keeps serving.
 # No `from __future__ import annotations`: FastAPI must see the real route types (see app.py).
 import base64
 import copy
-import io
 import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
@@ -25,6 +24,8 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 from ray import serve
+
+from diffusion.images import png_bytes, save_grid
 
 MAX_IMAGES = 16
 MAX_STEPS = 200
@@ -94,15 +95,6 @@ def _registry_download_uri(source: str, tracking_uri: str | None) -> str:
     return client.get_model_version_download_uri(name, version)
 
 
-def _png(image: torch.Tensor) -> bytes:
-    from PIL import Image
-
-    pixels = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 @serve.deployment(max_ongoing_requests=8, ray_actor_options={"num_cpus": 1})
 @serve.ingress(app)
 class GeneratorService:
@@ -146,13 +138,11 @@ class GeneratorService:
         labels = torch.full((request.n,), request.class_label)
         images = sample(self.model, config, labels, seed=request.seed)
         if request.format == "grid":
-            from diffusion.train import save_grid
-
             with tempfile.TemporaryDirectory() as folder:
                 path = save_grid(images, 1, Path(folder) / "grid.png")
                 return Response(content=path.read_bytes(), media_type="image/png")
         return {
-            "images": [base64.b64encode(_png(image)).decode() for image in images],
+            "images": [base64.b64encode(png_bytes(image)).decode() for image in images],
             "class_label": request.class_label,
             "seed": request.seed,
             "steps": request.steps,
