@@ -119,10 +119,26 @@ def train_worker(job: dict) -> None:
         with tempfile.TemporaryDirectory() as staging:
             shutil.copy(Path(folder) / CHECKPOINT, Path(staging) / CHECKPOINT)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging))
+        _maybe_die(job, step, rank, world)
 
     hooks.checkpointed = checkpointed
     fit(config, work, hooks)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _maybe_die(job: dict, step: int, rank: int, world: int) -> None:
+    """Tests only (``pipeline.fail_at_step``): the last rank exits once, as a dying worker
+    would, right after the first checkpoint at or past that step."""
+    fail_at, marker = job.get("fail_at_step"), Path(job.get("fail_marker", "."))
+    if fail_at is None or rank != world - 1 or step < fail_at or marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    # Ray Train's controller collects reported checkpoints when it polls the workers
+    # (every 2 s): dying sooner would lose this one and resume from the one before.
+    time.sleep(6)
+    print(f"[fault injection] rank {rank} exits after step {step}", flush=True)
+    os._exit(1)
 
 
 # ---------------------------------------------------------------------------- driver
@@ -188,9 +204,16 @@ def run(config: DiffusionJobConfig) -> dict:
             run_id = active.info.run_id
             print(f"[mlflow] run {run_id} in {tracking_uri}", flush=True)
             log_config(config)
-            job = {"experiment": experiment, "tracking_uri": tracking_uri, "run_id": run_id}
             storage = Path(config.output_root).resolve() / "ray"
-            result = _train(config, job, storage, f"{config.name}-{run_id[:8]}")
+            name = f"{config.name}-{run_id[:8]}"
+            job = {
+                "experiment": experiment,
+                "tracking_uri": tracking_uri,
+                "run_id": run_id,
+                "fail_at_step": config.pipeline.fail_at_step,
+                "fail_marker": str(storage / name / "fail-injected"),
+            }
+            result = _train(config, job, storage, name)
             with result.checkpoint.as_directory() as folder:
                 state = torch.load(
                     Path(folder) / CHECKPOINT, map_location="cpu", weights_only=False

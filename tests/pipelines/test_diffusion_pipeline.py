@@ -5,9 +5,14 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
+from diffusion.config import DiffusionExperiment
+from diffusion.models import load_pretrained
+from diffusion.train import fit
 from pipelines.diffusion import main
+from recsys.config import load_config
 from serving.diffusion_app import load_generator
 
 TINY = [
@@ -31,8 +36,26 @@ TINY = [
 # tests/diffusion (a second Ray Train run here would add a minute to CI for little).
 @pytest.mark.parametrize("kind", ["switch-dit"])
 def test_job_trains_logs_and_registers(tmp_path, local_ray, kind):
-    args = ["configs/diffusion/demo.yaml", *TINY, f"output_root={tmp_path}", f"model.kind={kind}"]
+    # The worker dies once right after the step-2 checkpoint; Ray Train replaces it and
+    # the run resumes from that checkpoint.
+    args = [
+        "configs/diffusion/demo.yaml",
+        *TINY,
+        f"output_root={tmp_path}",
+        f"model.kind={kind}",
+        "pipeline.fail_at_step=2",
+    ]
     assert main(args) == 0
+    assert list((tmp_path / "ray").glob("*/fail-injected"))  # the failure did happen
+
+    # ... and the result is the uninterrupted run's, bitwise (batches are seeded per step).
+    alone = load_config(
+        DiffusionExperiment, "configs/diffusion/demo.yaml", [*TINY[:-1], f"model.kind={kind}"]
+    )
+    fit(alone, tmp_path / "alone")
+    resumed = load_pretrained(tmp_path / "dit-demo" / "ema").state_dict()
+    expected = load_pretrained(tmp_path / "alone" / "ema").state_dict()
+    assert all(torch.equal(resumed[key], expected[key]) for key in expected)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(store)
     name = f"{kind}-synthetic"
