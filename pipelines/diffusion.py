@@ -44,11 +44,9 @@ from .tracking import (
     TrackingError,
     check_tracking_uri,
     git_commit,
-    local_artifact_root,
-    log_config,
+    job_run,
     register_model,
     resolve_tracking_uri,
-    start_run,
 )
 from .trainer import torch_trainer
 
@@ -193,17 +191,7 @@ def run(config: DiffusionJobConfig) -> dict:
             "model_size": config.model.size,
             "commit": git_commit(REPO_ROOT),
         }
-        with start_run(
-            tracking_uri,
-            config.pipeline.experiment_name,
-            config.name,
-            artifact_root=local_artifact_root(tracking_uri, config.output_root),
-            tags=tags,
-            system_metrics=config.pipeline.system_metrics,
-        ) as active:
-            run_id = active.info.run_id
-            print(f"[mlflow] run {run_id} in {tracking_uri}", flush=True)
-            log_config(config)
+        with job_run(config, tracking_uri, tags) as run_id:
             storage = Path(config.output_root).resolve() / "ray"
             name = f"{config.name}-{run_id[:8]}"
             job = {

@@ -55,12 +55,10 @@ from .tracking import (
     TrackingError,
     check_tracking_uri,
     git_commit,
-    local_artifact_root,
-    log_config,
+    job_run,
     register_model,
     resolve_tracking_uri,
     stage_metrics,
-    start_run,
 )
 from .trainer import torch_trainer
 
@@ -243,17 +241,7 @@ def run(config: RecsysJobConfig) -> dict:
             "model_family": config.model.family,
             "commit": git_commit(REPO_ROOT),
         }
-        with start_run(
-            tracking_uri,
-            config.pipeline.experiment_name,
-            config.name,
-            artifact_root=local_artifact_root(tracking_uri, config.output_root),
-            tags=tags,
-            system_metrics=config.pipeline.system_metrics,
-        ) as active:
-            run_id = active.info.run_id
-            print(f"[mlflow] run {run_id} in {tracking_uri}", flush=True)
-            log_config(config)
+        with job_run(config, tracking_uri, tags) as run_id:
             mlflow.log_dict(manifest, "dataset/manifest.json")
             mlflow.log_metrics(
                 {

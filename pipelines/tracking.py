@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -125,6 +126,25 @@ def start_run(
         tags=tags,
         log_system_metrics=system_metrics,
     )
+
+
+@contextmanager
+def job_run(config, tracking_uri: str, tags: dict[str, str]):
+    """A pipeline job's one MLflow run, set up from its ``pipeline`` section; yields the run id.
+
+    The config is logged before anything else, so even a failed job's run says what it ran."""
+    with start_run(
+        tracking_uri,
+        config.pipeline.experiment_name,
+        config.name,
+        artifact_root=local_artifact_root(tracking_uri, config.output_root),
+        tags=tags,
+        system_metrics=config.pipeline.system_metrics,
+    ) as active:
+        run_id = active.info.run_id
+        print(f"[mlflow] run {run_id} in {tracking_uri}", flush=True)
+        log_config(config)
+        yield run_id
 
 
 def log_config(config) -> None:

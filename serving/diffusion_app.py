@@ -48,26 +48,16 @@ class GenerateRequest(BaseModel):
 def load_generator(source: str, tracking_uri: str | None = None):
     """(EMA transformer, DiffusionExperiment) from a run folder or a registry URI."""
 
-    if not source.startswith("models:/"):
+    from serving.loading import parse_registry_uri, registered_model_files
+
+    registry = parse_registry_uri(source)
+    if registry is None:
         return _load_folder(Path(source))
-    import mlflow
-    import yaml
-
-    with tempfile.TemporaryDirectory(prefix="genrec-dit-") as folder:
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=_registry_download_uri(source, tracking_uri),
-                dst_path=folder,
-                tracking_uri=tracking_uri,
-            )
-        )
-        # An MLflow pyfunc keeps its files under the paths its MLmodel names.
-        files = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-        files = files["artifacts"]
-        return _load_folder(local, local / files["ema"]["path"], local / files["config"]["path"])
+    with registered_model_files(*registry, tracking_uri) as (_, _, files):
+        return _load_folder(None, files["ema"], files["config"])
 
 
-def _load_folder(folder: Path, ema: Path | None = None, config_file: Path | None = None):
+def _load_folder(folder: Path | None, ema: Path | None = None, config_file: Path | None = None):
     from diffusion.config import DiffusionExperiment
     from diffusion.models import load_pretrained
     from recsys.config import load_config
@@ -81,18 +71,6 @@ def _load_folder(folder: Path, ema: Path | None = None, config_file: Path | None
             )
     config = load_config(DiffusionExperiment, config_file)
     return load_pretrained(ema).eval(), config
-
-
-def _registry_download_uri(source: str, tracking_uri: str | None) -> str:
-    from mlflow.tracking import MlflowClient
-
-    from serving.loading import parse_registry_uri
-
-    name, alias, version = parse_registry_uri(source)
-    client = MlflowClient(tracking_uri)
-    if alias:
-        version = client.get_model_version_by_alias(name, alias).version
-    return client.get_model_version_download_uri(name, version)
 
 
 @serve.deployment(max_ongoing_requests=8, ray_actor_options={"num_cpus": 1})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,7 +88,12 @@ def _from_run_folder(folder: Path) -> ModelBundle:
     return _bundle(model, experiment, candidates, info)
 
 
-def _from_registry(name, alias, version, tracking_uri) -> ModelBundle:
+@contextmanager
+def registered_model_files(name: str, alias: str | None, version: str | None, tracking_uri):
+    """Yield (client, model version, {artifact key: local file}) of a registered pyfunc.
+
+    The files live in a temporary folder removed on exit: read them inside the block.
+    Used by every Serve app that loads from the registry (recommender, generator)."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -103,10 +109,9 @@ def _from_registry(name, alias, version, tracking_uri) -> ModelBundle:
         wanted = f"alias @{alias}" if alias else f"version {version}"
         raise ModelNotFound(
             f"registered model {name!r} has no {wanted} in {client.tracking_uri} "
-            f"({error.message.splitlines()[0]}); list versions in the MLflow UI or train one "
-            "with `python -m pipelines.recsys`"
+            f"({error.message.splitlines()[0]}); list versions in the MLflow UI or train and "
+            "register one with `python -m pipelines.recsys` / `python -m pipelines.diffusion`"
         ) from error
-    # The files are read into memory, so the download need not outlive the load.
     with tempfile.TemporaryDirectory(prefix="genrec-serve-") as folder:
         local = Path(
             mlflow.artifacts.download_artifacts(
@@ -117,14 +122,19 @@ def _from_registry(name, alias, version, tracking_uri) -> ModelBundle:
                 tracking_uri=tracking_uri,
             )
         )
-        files = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-        files = files["artifacts"]
-        model, experiment = load_recommender(
-            local / files[WEIGHTS]["path"], local / files[CONFIG]["path"]
+        # An MLflow pyfunc keeps its files under the paths its MLmodel names.
+        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+        yield (
+            client,
+            entry,
+            {key: local / spec["path"] for key, spec in flavor["artifacts"].items()},
         )
-        candidates = load_candidates(
-            local / files[CANDIDATES]["path"], model.item_embeddings.num_item_ids
-        )
+
+
+def _from_registry(name, alias, version, tracking_uri) -> ModelBundle:
+    with registered_model_files(name, alias, version, tracking_uri) as (client, entry, files):
+        model, experiment = load_recommender(files[WEIGHTS], files[CONFIG])
+        candidates = load_candidates(files[CANDIDATES], model.item_embeddings.num_item_ids)
     metrics = {}
     if entry.run_id:
         metrics = {
